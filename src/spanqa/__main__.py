@@ -1,0 +1,5 @@
+import sys
+
+from spanqa.cli import main
+
+sys.exit(main())

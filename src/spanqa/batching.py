@@ -1,0 +1,68 @@
+"""Length-grouped, dynamically padded batches, for training and inference.
+
+Padding every window to max_seq_len wastes most of the compute on SQuAD (a typical window is ~170 tokens).
+We pad each batch only to its longest window (rounded up to a multiple of 8), and group windows of
+similar length into the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from spanqa.formatting import Window
+
+
+def collate(windows: Sequence[Window], pad_id: int, multiple: int = 8, with_labels: bool = False) -> dict:
+    n = max(len(w) for w in windows)
+    n = -(-n // multiple) * multiple if multiple > 1 else n
+    B = len(windows)
+    input_ids = np.full((B, n), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((B, n), dtype=np.int64)
+    attention_mask = np.zeros((B, n), dtype=np.int64)
+    span_mask = np.zeros((B, n), dtype=bool)
+    can_begin = np.zeros((B, n), dtype=bool)
+    for r, w in enumerate(windows):
+        t = len(w)
+        input_ids[r, :t] = w.input_ids
+        token_type_ids[r, :t] = w.token_type_ids
+        attention_mask[r, :t] = 1
+        span_mask[r, :t] = w.context_mask
+        can_begin[r, :t] = w.context_mask & w.max_context
+        span_mask[r, 0] = True  # [CLS]: "not in this window"
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "span_mask": torch.from_numpy(span_mask),
+        "can_begin": torch.from_numpy(can_begin),  # context tokens in their max-context window
+    }
+    if with_labels:
+        batch["begin_gold"] = torch.tensor([w.start_position for w in windows], dtype=torch.long)
+        batch["end_gold"] = torch.tensor([w.end_position for w in windows], dtype=torch.long)
+    return batch
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None, group: int = 50
+) -> list[list[int]]:
+    """Indices in batches of similar length.
+
+    Training (rng given): shuffle, sort within mega-batches of `group` batches, then shuffle the batches, so
+    batches are random but padding is small. Inference (rng None): sort everything by length.
+    """
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    mega = batch_size * group
+    batches = []
+    for i in range(0, len(order), mega):
+        chunk = order[i : i + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[j : j + batch_size].tolist() for j in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[p] for p in perm]

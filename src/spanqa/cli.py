@@ -1,0 +1,177 @@
+"""Command line: `spanqa answer | train | evaluate` (also `python -m spanqa ...`).
+
+User errors print one line, `spanqa: error: ...`, and exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from spanqa.errors import SpanqaError
+
+
+def _read_context_file(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise SpanqaError(f"{p}: context file not found")
+    if p.is_dir():
+        raise SpanqaError(f"{p}: is a directory, expected a text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpanqaError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from spanqa.reader import Reader
+
+    context = args.context if args.context is not None else _read_context_file(args.context_file)
+    if not args.question.strip():
+        raise SpanqaError("--question is empty")
+    if not context.strip():
+        raise SpanqaError("the context is empty")
+    if args.top_k < 1:
+        raise SpanqaError(f"--top-k must be at least 1, got {args.top_k}")
+    reader = Reader.load(args.model, device=args.device)
+    pred = reader.answer(args.question, context, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(pred.to_dict(args.top_k), ensure_ascii=False))
+    elif pred.no_answer or not pred.answers:
+        print("(no answer)")
+    else:
+        for a in pred.answers[: args.top_k]:
+            line = a.text if args.top_k == 1 else f"{a.score:.4f}\t{a.text}"
+            print(line)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import evaluate
+    from spanqa.reader import Reader
+
+    if args.limit is not None and args.limit < 1:
+        raise SpanqaError(f"--limit must be at least 1, got {args.limit}")
+    data = load_dataset(args.data, skip_invalid=args.skip_invalid)
+    if data.skipped:
+        print(f"spanqa: skipped {sum(data.skipped.values())} invalid record(s): {dict(data.skipped)}",
+              file=sys.stderr)
+    reader = Reader.load(args.model, device=args.device)
+    metrics = evaluate(reader, data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        keys = ["exact_match", "f1", "begin_accuracy", "end_accuracy", "both_accuracy", "end_right_begin_wrong",
+                "begin_right_end_wrong", "begin_distance", "end_distance", "num_questions",
+                "questions_per_second", "best_f1", "best_f1_thresh"]
+        for k in keys:
+            if k in metrics:
+                v = metrics[k]
+                print(f"{k:24s} {v:.2f}" if isinstance(v, float) else f"{k:24s} {v}")
+        if args.out:
+            print(f"wrote predictions.json, nbest.json, metrics.json to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spanqa.training import TrainConfig, train
+
+    if args.base is None:
+        from spanqa.default_model import base_model_path
+
+        args.base = base_model_path()
+    for name in ("max_steps", "epochs", "time_budget", "batch_size", "lr"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise SpanqaError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    cfg = TrainConfig(
+        base=args.base, train=args.train, dev=args.dev, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
+        max_steps=args.max_steps, time_budget=args.time_budget, max_examples=args.max_examples,
+        eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
+        freeze_word_embeddings=not args.train_embeddings, head=args.head, max_seq_len=args.max_seq_len,
+        doc_stride=args.doc_stride, max_question_len=args.max_question_len, skip_invalid=args.skip_invalid,
+        device=args.device, threads=args.threads, compile=args.compile, resume=args.resume,
+        progress=not args.no_progress,
+    )
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("answer", help="answer a question from a context")
+    a.add_argument("--model", help="saved reader directory (default: the model shipped with spanqa)")
+    a.add_argument("--question", required=True)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--context")
+    src.add_argument("--context-file")
+    a.add_argument("--top-k", type=int, default=1)
+    a.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool}')
+    a.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    a.set_defaults(func=cmd_answer)
+
+    e = sub.add_parser("evaluate", help="official SQuAD EM/F1 plus per-head diagnostics")
+    e.add_argument("--model")
+    e.add_argument("--data", required=True, help="SQuAD JSON(.gz) or HF-layout JSONL(.gz)")
+    e.add_argument("--out", help="write predictions.json, nbest.json and metrics.json here")
+    e.add_argument("--limit", type=int, help="evaluate the first N questions only")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--skip-invalid", action="store_true", help="count and skip invalid records")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="fine-tune a reader from a base encoder")
+    t.add_argument("--base", help="HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2)")
+    t.add_argument("--train", required=True)
+    t.add_argument("--dev")
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=float, default=2.0)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--time-budget", type=float, metavar="MINUTES")
+    t.add_argument("--max-examples", type=int, help="train on a seeded random sample of N questions")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-every", type=int, default=0)
+    t.add_argument("--eval-limit", type=int, default=2000)
+    t.add_argument("--save-every", type=int, default=200)
+    t.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    t.add_argument("--train-embeddings", action="store_true", help="also train the word embeddings")
+    t.add_argument("--max-seq-len", type=int, default=384)
+    t.add_argument("--doc-stride", type=int, default=128)
+    t.add_argument("--max-question-len", type=int, default=64)
+    t.add_argument("--skip-invalid", action="store_true")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpanqaError as e:
+        print(f"spanqa: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spanqa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Load and validate question-answering data.
+
+Formats: SQuAD v1.1/v2.0 JSON (plain or .gz) and JSONL in the Hugging Face datasets layout
+(`{"id","question","context","answers":{"text":[...],"answer_start":[...]}}`, plain or .gz).
+Every problem is reported with the file, the record id and the field, or, with `skip_invalid=True`,
+counted and skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spanqa.errors import DataError
+
+
+@dataclass(frozen=True)
+class GoldAnswer:
+    text: str
+    start: int  # character offset in the context
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    context: str
+    answers: tuple[GoldAnswer, ...] = ()
+    is_impossible: bool = False
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    path: str = ""
+    version: str = "v1.1"  # "v2.0" when any question is unanswerable
+    skipped: Counter = field(default_factory=Counter)  # reason -> count (with skip_invalid)
+
+    @property
+    def has_unanswerable(self) -> bool:
+        return any(e.is_impossible for e in self.examples)
+
+
+class _Invalid(Exception):
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field_name = field_name
+        self.reason = reason
+
+
+def _need_str(value: Any, field_name: str, allow_empty: bool = False) -> str:
+    if value is None:
+        raise _Invalid(field_name, "is missing")
+    if not isinstance(value, str):
+        raise _Invalid(field_name, f"must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise _Invalid(field_name, "is empty")
+    return value
+
+
+def _need_int(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(field_name, f"must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _make_answers(context: str, texts: list, starts: list, field_prefix: str) -> tuple[GoldAnswer, ...]:
+    if len(texts) != len(starts):
+        raise _Invalid(field_prefix, f"has {len(texts)} texts but {len(starts)} answer_start values")
+    answers = []
+    for k, (t, s) in enumerate(zip(texts, starts, strict=True)):
+        text = _need_str(t, f"{field_prefix}[{k}].text")
+        start = _need_int(s, f"{field_prefix}[{k}].answer_start")
+        if start < 0 or context[start : start + len(text)] != text:
+            found = context[max(start, 0) : max(start, 0) + len(text)]
+            raise _Invalid(
+                f"{field_prefix}[{k}].answer_start",
+                f"= {start} does not point at the answer text {text!r} (the context there reads {found!r})",
+            )
+        answers.append(GoldAnswer(text, start))
+    return tuple(answers)
+
+
+def _example(qid: Any, question: Any, context: str, answers: tuple, impossible: bool) -> Example:
+    return Example(id=qid, question=question, context=context, answers=answers, is_impossible=impossible)
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a .json, .jsonl or .gz file")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        return True
+    if name.endswith(".json"):
+        return False
+    # Unknown suffix: SQuAD JSON is one object holding "data"; JSONL is one object per line.
+    first = text.lstrip()[:1]
+    return first == "{" and "\n{" in text.strip() and '"data"' not in text[:200]
+
+
+class _Collector:
+    """Collects examples; raises on the first invalid record unless skipping."""
+
+    def __init__(self, path: Path, skip_invalid: bool):
+        self.path, self.skip_invalid = path, skip_invalid
+        self.examples: list[Example] = []
+        self.skipped: Counter = Counter()
+        self.seen_ids: set[str] = set()
+
+    def fail(self, where: str, field_name: str, reason: str) -> None:
+        if self.skip_invalid:
+            self.skipped[f"{field_name} {reason.split(' (')[0]}" if len(reason) < 60 else field_name] += 1
+            return
+        raise DataError(
+            f"{self.path}: {where}: field '{field_name}' {reason} (use --skip-invalid to skip bad records)"
+        )
+
+    def add(self, where: str, build) -> None:
+        try:
+            ex = build()
+        except _Invalid as e:
+            self.fail(where, e.field_name, e.reason)
+            return
+        if ex.id in self.seen_ids:
+            self.fail(where, "id", f"{ex.id!r} is used twice")
+            return
+        self.seen_ids.add(ex.id)
+        self.examples.append(ex)
+
+
+def _load_squad(data: Any, col: _Collector) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{col.path}: not SQuAD JSON: expected an object with a 'data' list")
+    version = str(data.get("version", "v1.1"))
+    for a, article in enumerate(data["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            col.fail(f"data[{a}]", "paragraphs", "is missing or not a list")
+            continue
+        for p, para in enumerate(paragraphs):
+            where_p = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(para, dict):
+                col.fail(where_p, "paragraph", "is not an object")
+                continue
+            try:
+                context = _need_str(para.get("context"), "context")
+            except _Invalid as e:
+                for _ in para.get("qas") or [None]:
+                    col.fail(where_p, e.field_name, e.reason)
+                continue
+            qas = para.get("qas")
+            if not isinstance(qas, list):
+                col.fail(where_p, "qas", "is missing or not a list")
+                continue
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    col.fail(f"{where_p}.qas[{q}]", "qa", "is not an object")
+                    continue
+                qid = qa.get("id")
+                where = f"id {qid!r}" if isinstance(qid, str) else f"{where_p}.qas[{q}]"
+
+                def build(qa=qa, context=context) -> Example:
+                    qid = _need_str(qa.get("id"), "id")
+                    question = _need_str(qa.get("question"), "question")
+                    impossible = bool(qa.get("is_impossible", False))
+                    raw = qa.get("answers", [])
+                    if not isinstance(raw, list):
+                        raise _Invalid("answers", "must be a list")
+                    for k, ans in enumerate(raw):
+                        if not isinstance(ans, dict):
+                            raise _Invalid(f"answers[{k}]", "must be an object with text and answer_start")
+                    texts = [ans.get("text") for ans in raw]
+                    starts = [ans.get("answer_start") for ans in raw]
+                    answers = _make_answers(context, texts, starts, "answers")
+                    if not answers and not impossible:
+                        raise _Invalid("answers", "is empty but is_impossible is not true")
+                    if impossible:
+                        answers = ()
+                    return _example(qid, question, context, answers, impossible)
+
+                col.add(where, build)
+    return version
+
+
+def _load_jsonl(text: str, col: _Collector) -> None:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            col.fail(where, "line", f"is not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            col.fail(where, "line", "is not a JSON object")
+            continue
+        if isinstance(rec.get("id"), str):
+            where = f"line {n} (id {rec['id']!r})"
+
+        def build(rec=rec) -> Example:
+            qid = _need_str(rec.get("id"), "id")
+            question = _need_str(rec.get("question"), "question")
+            context = _need_str(rec.get("context"), "context")
+            answers = rec.get("answers", {"text": [], "answer_start": []})
+            if not isinstance(answers, dict):
+                raise _Invalid("answers", "must be an object {'text': [...], 'answer_start': [...]}")
+            texts, starts = answers.get("text", []), answers.get("answer_start", [])
+            if not isinstance(texts, list) or not isinstance(starts, list):
+                raise _Invalid("answers", "text and answer_start must be lists")
+            gold = _make_answers(context, texts, starts, "answers")
+            return _example(qid, question, context, gold, not gold)
+
+        col.add(where, build)
+
+
+def load_dataset(path: str | Path, skip_invalid: bool = False) -> Dataset:
+    """Read a SQuAD JSON or HF-layout JSONL file (optionally gzipped) into validated examples."""
+    path = Path(path)
+    text = _read_text(path)
+    col = _Collector(path, skip_invalid)
+    if _is_jsonl(path, text):
+        _load_jsonl(text, col)
+        version = "v2.0" if any(e.is_impossible for e in col.examples) else "v1.1"
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        version = _load_squad(data, col)
+        if any(e.is_impossible for e in col.examples):
+            version = "v2.0"
+    if not col.examples:
+        raise DataError(f"{path}: no valid questions found" + (f" ({sum(col.skipped.values())} skipped)"
+                                                               if col.skipped else ""))
+    return Dataset(col.examples, str(path), version, col.skipped)

@@ -1,0 +1,118 @@
+"""Inference for span prediction: the exact best span, merged across windows.
+
+Within a window, P_begin and P_end are softmaxes over the window's context tokens plus [CLS]. A span
+(i, j) with i <= j < i + max_answer_len scores
+
+    score(i, j) = P_begin(i) · P_end(j)
+
+a probability in [0, 1]: the same scale in every window and every context, so spans from different
+windows (and different documents) can be ranked against each other. The null score of a window is
+P_begin(CLS) · P_end(CLS); a question's null score is the smallest over its windows (the window that is
+surest the answer is inside it). With no-answer enabled, the reader answers "no answer" when
+log(null) - log(best span) > null_threshold, a number stored with the model.
+
+The search is exact and vectorised: for every begin i we lay out the band of ends i..i+L-1 as a
+(windows, T, L) tensor, so all T·L candidate spans are scored at once; no top-20 × top-20 shortcut.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_answer_len: int = 30  # tokens
+    allow_no_answer: bool = False
+    null_threshold: float = 0.0  # log-odds margin of null over the best span needed to say "no answer"
+    n_best: int = 20  # candidates kept per question for nbest.json
+
+
+@dataclass(frozen=True)
+class SpanCandidate:
+    text: str
+    start: int  # character offsets: text == context[start:end]
+    end: int
+    score: float  # P_begin(i) · P_end(j)
+    log_score: float
+    window: int  # which window of the question the span came from
+    begin_token: int  # positions inside that window
+    end_token: int
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "start": self.start, "end": self.end, "score": self.score}
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the unmasked positions (masked ones hold the dtype's minimum and get ~0 mass)."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def best_spans(
+    begin_lp: torch.Tensor,
+    end_lp: torch.Tensor,
+    can_begin: torch.Tensor,
+    can_end: torch.Tensor,
+    max_answer_len: int,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k spans per window by begin_lp[i] + end_lp[j], over i <= j < i + max_answer_len.
+
+    Inputs are (W, T); returns (scores, begins, ends), each (W, k), with -inf scores where fewer than k
+    valid spans exist.
+    """
+    W, T = begin_lp.shape
+    L = max(1, min(max_answer_len, T))
+    neg = float("-inf")
+    b = begin_lp.masked_fill(~can_begin, neg)
+    e = end_lp.masked_fill(~can_end, neg)
+    e_pad = torch.nn.functional.pad(e, (0, L - 1), value=neg)  # (W, T+L-1)
+    band = b.unsqueeze(-1) + e_pad.unfold(-1, L, 1)  # (W, T, L): span (i, i+d)
+    flat = band.reshape(W, T * L)
+    k = min(k, T * L)
+    scores, idx = flat.topk(k, dim=-1)
+    begins = idx // L
+    ends = begins + idx % L
+    return scores, begins, ends
+
+
+def merge_windows(
+    context: str,
+    window_ids: list[int],
+    offsets: list[np.ndarray],
+    scores: np.ndarray,
+    begins: np.ndarray,
+    ends: np.ndarray,
+    n: int,
+) -> list[SpanCandidate]:
+    """Rank the candidates of all windows of one question by score; the same character span counts once."""
+    flat = []
+    for r, w in enumerate(window_ids):
+        for s, bi, ej in zip(scores[r], begins[r], ends[r], strict=True):
+            if s == -math.inf:
+                break
+            flat.append((float(s), w, r, int(bi), int(ej)))
+    flat.sort(key=lambda t: -t[0])
+    out: list[SpanCandidate] = []
+    seen: set[tuple[int, int]] = set()
+    for s, w, r, bi, ej in flat:
+        cs, ce = int(offsets[r][bi, 0]), int(offsets[r][ej, 1])
+        if (cs, ce) in seen:
+            continue
+        seen.add((cs, ce))
+        out.append(SpanCandidate(context[cs:ce], cs, ce, math.exp(s), s, w, bi, ej))
+        if len(out) == n:
+            break
+    return out
+
+
+def is_no_answer(null_log_score: float, best: SpanCandidate | None, cfg: DecodeConfig) -> bool:
+    if not cfg.allow_no_answer:
+        return False
+    if best is None:
+        return True
+    return null_log_score - best.log_score > cfg.null_threshold

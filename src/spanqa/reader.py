@@ -1,0 +1,258 @@
+"""The public API: `Reader.load(path).answer(question, context, top_k=1)`.
+
+A saved reader is a directory:
+    config.json, model.safetensors   the encoder, in Hugging Face format
+    heads.safetensors                begin_head.* and end_head.*
+    tokenizer files                  the encoder's tokenizer
+    spanqa.json                      formatting, decoding and head settings, the no-answer threshold
+Loading reads safetensors only, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spanqa.batching import collate, length_grouped_batches
+from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, log_probs, merge_windows
+from spanqa.errors import ConfigError, ModelError
+from spanqa.formatting import FormatConfig, Window, check_settings, make_windows
+from spanqa.model import HeadConfig, SpanReader, load_encoder
+
+SPANQA_JSON = "spanqa.json"
+HEADS_FILE = "heads.safetensors"
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    format: FormatConfig = FormatConfig()
+    decode: DecodeConfig = DecodeConfig()
+    head: HeadConfig = HeadConfig()
+    base: str = ""  # the encoder this reader was fine-tuned from
+    training: dict = field(default_factory=dict)  # recipe and scores, for the record
+
+    def to_dict(self) -> dict:
+        return {"spanqa_format_version": 1, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "spanqa.json") -> ReaderConfig:
+        try:
+            return cls(
+                format=FormatConfig(**d.get("format", {})),
+                decode=DecodeConfig(**d.get("decode", {})),
+                head=HeadConfig(**d.get("head", {})),
+                base=d.get("base", ""),
+                training=d.get("training", {}),
+            )
+        except TypeError as e:
+            raise ModelError(f"{where}: unexpected setting ({e})") from None
+
+
+@dataclass
+class Prediction:
+    """What the reader says about one question."""
+
+    answers: list[SpanCandidate]  # best first
+    no_answer: bool
+    null_log_score: float  # log P_begin(CLS) + log P_end(CLS), smallest over windows
+    windows: list[Window] = field(default_factory=list, repr=False)  # kept only on request
+
+    @property
+    def best(self) -> SpanCandidate | None:
+        return self.answers[0] if self.answers else None
+
+    @property
+    def na_score(self) -> float:
+        """log(null) - log(best span): higher means more likely unanswerable."""
+        return self.null_log_score - (self.best.log_score if self.best else float("-inf"))
+
+    def to_dict(self, top_k: int | None = None) -> dict:
+        answers = self.answers if top_k is None else self.answers[:top_k]
+        return {"answers": [a.as_dict() for a in answers], "no_answer": self.no_answer}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def encoder_max_positions(config) -> int | None:
+    mp = getattr(config, "max_position_embeddings", None)
+    if mp is None:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        mp -= 2  # RoBERTa's positions start after its padding index
+    return mp
+
+
+class Reader:
+    def __init__(self, model: SpanReader, tokenizer, config: ReaderConfig, device: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = resolve_device(device)
+        self.model.to(self.device).eval()
+        check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base: str, config: ReaderConfig = ReaderConfig(), device: str | None = None) -> Reader:
+        """A new reader with fresh heads on a pretrained encoder (local directory or hub id)."""
+        from transformers import AutoTokenizer
+
+        try:
+            encoder = load_encoder(base)
+            tokenizer = AutoTokenizer.from_pretrained(base)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load base encoder {base!r}: {str(e).splitlines()[0]}") from None
+        return cls(SpanReader(encoder, config.head), tokenizer, replace(config, base=base), device)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device: str | None = None) -> Reader:
+        """Load a saved reader directory; with no path, the default model shipped in the package."""
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        if path is None:
+            from spanqa.default_model import default_model_path
+
+            path = default_model_path()
+        path = Path(path)
+        meta = path / SPANQA_JSON
+        if not path.is_dir():
+            raise ModelError(f"{path}: model directory not found")
+        if not meta.exists():
+            raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
+        try:
+            raw = json.loads(meta.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{meta}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        config = ReaderConfig.from_dict(raw, str(meta))
+        try:
+            if raw.get("encoder_delta"):
+                from spanqa.default_model import load_delta_encoder
+
+                encoder = load_delta_encoder(path, raw)
+            else:
+                encoder = load_encoder(str(path))
+            from spanqa.default_model import tokenizer_source
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
+            heads = load_file(str(path / HEADS_FILE))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
+        model = SpanReader(encoder, config.head)
+        missing = model.load_state_dict(heads, strict=False)
+        bad = [k for k in missing.missing_keys if not k.startswith("encoder.")] + missing.unexpected_keys
+        if bad:
+            raise ModelError(f"{path / HEADS_FILE}: head weights do not match the head config: {bad[:4]}")
+        return cls(model, tokenizer, config, device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model.encoder.save_pretrained(str(path), safe_serialization=True)
+        hf_logging.enable_progress_bar()
+        self.tokenizer.save_pretrained(str(path))
+        heads = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                 if not k.startswith("encoder.")}
+        save_file(heads, str(path / HEADS_FILE))
+        (path / SPANQA_JSON).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    def with_decode(self, **changes) -> Reader:
+        self.config = replace(self.config, decode=replace(self.config.decode, **changes))
+        return self
+
+    # ---- inference ----------------------------------------------------------------------------------------
+    def answer(self, question: str, context: str, top_k: int = 1) -> Prediction:
+        """Answer one question from one context. `answers[0].text == context[start:end]`."""
+        return self.predict([question], [context], top_k=top_k)[0]
+
+    def predict(
+        self,
+        questions: Sequence[str],
+        contexts: Sequence[str],
+        top_k: int = 1,
+        batch_size: int = 32,
+        keep_windows: bool = False,
+        progress: bool = False,
+    ) -> list[Prediction]:
+        """Answer many questions; windows of all questions are batched together, sorted by length."""
+        for name, values in (("question", questions), ("context", contexts)):
+            for v in values:
+                if not isinstance(v, str):
+                    raise ConfigError(f"{name} must be a string, got {type(v).__name__}")
+                if not v.strip():
+                    raise ConfigError(f"{name} is empty")
+        if len(questions) != len(contexts):
+            raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        out: list[Prediction] = []
+        chunk = 512  # questions formatted at a time: bounds memory on huge inputs
+        for lo in range(0, len(questions), chunk):
+            qs, cs = questions[lo : lo + chunk], contexts[lo : lo + chunk]
+            out.extend(self._predict_chunk(qs, cs, top_k, batch_size, keep_windows, progress))
+        return out
+
+    def _predict_chunk(self, questions, contexts, top_k, batch_size, keep_windows, progress) -> list[Prediction]:
+        cfg = self.config
+        windows = make_windows(self.tokenizer, questions, contexts, cfg.format)
+        k = max(top_k, 1)
+        per_window = list(self._score_windows(windows, k, batch_size))
+        by_ex: dict[int, list[int]] = {}
+        for w_i, w in enumerate(windows):
+            by_ex.setdefault(w.example_index, []).append(w_i)
+        preds = []
+        for ex, context in enumerate(contexts):
+            idx = by_ex[ex]
+            scores = np.stack([per_window[i][0] for i in idx])
+            begins = np.stack([per_window[i][1] for i in idx])
+            ends = np.stack([per_window[i][2] for i in idx])
+            null = min(per_window[i][3] for i in idx)
+            cands = merge_windows(context, list(range(len(idx))), [windows[i].offsets for i in idx],
+                                  scores, begins, ends, k)
+            no_ans = is_no_answer(null, cands[0] if cands else None, cfg.decode)
+            preds.append(Prediction(cands, no_ans, null, [windows[i] for i in idx] if keep_windows else []))
+        return preds
+
+    @torch.inference_mode()
+    def _score_windows(self, windows: list[Window], k: int, batch_size: int) -> Iterator[tuple]:
+        """(scores, begins, ends, null_log_score) per window, in the windows' order."""
+        results: list[tuple | None] = [None] * len(windows)
+        pad = self.tokenizer.pad_token_id or 0
+        for batch_idx in length_grouped_batches([len(w) for w in windows], batch_size, rng=None):
+            batch = collate([windows[i] for i in batch_idx], pad)
+            lb, le = self.logits(batch)
+            blp, elp = log_probs(lb), log_probs(le)
+            can_end = batch["span_mask"].to(blp.device).clone()
+            can_end[:, 0] = False
+            s, b, e = best_spans(blp, elp, batch["can_begin"].to(blp.device), can_end,
+                                 self.config.decode.max_answer_len, k)
+            null = (blp[:, 0] + elp[:, 0]).cpu().numpy()
+            s, b, e = s.cpu().numpy(), b.cpu().numpy(), e.cpu().numpy()
+            for r, i in enumerate(batch_idx):
+                results[i] = (s[r], b[r], e[r], float(null[r]))
+        yield from results
+
+    def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            return self.model(
+                batch["input_ids"].to(dev),
+                batch["attention_mask"].to(dev),
+                batch["span_mask"].to(dev),
+                batch["token_type_ids"].to(dev),
+            )

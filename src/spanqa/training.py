@@ -1,0 +1,312 @@
+"""One readable training loop for the span reader.
+
+Recipe: AdamW (no decay on biases and LayerNorms), linear warmup then linear decay to zero, gradient
+accumulation and clipping, dynamic padding with length-grouped batches, optional frozen word embeddings.
+The schedule ends at whichever comes first: the planned steps or the time budget, so a time-limited run
+still anneals its learning rate to zero.
+
+Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the step, the data position and the
+RNG states, all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment
+leaves the last good checkpoint. `resume=True` continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spanqa.batching import collate, length_grouped_batches
+from spanqa.data import load_dataset
+from spanqa.decoding import DecodeConfig
+from spanqa.errors import ConfigError
+from spanqa.formatting import FormatConfig, make_windows
+from spanqa.loss import span_loss
+from spanqa.model import HeadConfig
+from spanqa.reader import Reader, ReaderConfig
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    train: str
+    out: str
+    dev: str | None = None
+    epochs: float = 2.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the schedule spent warming up
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_steps: int | None = None
+    time_budget: float | None = None  # minutes of training (tokenisation and evaluation excluded)
+    max_examples: int | None = None  # a seeded random sample of the training questions
+    eval_every: int = 0  # optimiser steps between dev evaluations (0: only at the end)
+    eval_limit: int | None = 2000  # dev questions per periodic evaluation
+    save_every: int = 200
+    log_every: int = 10
+    freeze_word_embeddings: bool = True
+    head: str = "linear"
+    max_seq_len: int = 384
+    doc_stride: int = 128
+    max_question_len: int = 64
+    max_answer_len: int = 30
+    skip_invalid: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    compile: bool = False
+    resume: bool = False
+    progress: bool = True
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log(out: Path, record: dict) -> None:
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _optimizer(reader: Reader, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in reader.model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = reader.device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+
+
+def lr_factor(step: int, total_steps: int, elapsed: float, budget_s: float | None, warmup: float) -> float:
+    """Linear warmup, then linear decay to 0 at the end of the steps or of the time budget, whichever is first."""
+    progress = step / max(total_steps, 1)
+    if budget_s:
+        progress = max(progress, elapsed / budget_s)
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return max(0.0, (1.0 - progress) / max(1.0 - warmup, 1e-8))
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    final = out / CHECKPOINT
+    tmp = out / f"{CHECKPOINT}.tmp"
+    old = out / f"{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    reader.save(tmp)
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for i, s in opt.state_dict()["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    save_file(tensors, str(tmp / "trainer_state.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a kill between the two renames
+        p = out / name
+        if (p / "trainer_state.json").exists():
+            return p
+    return None
+
+
+def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]:
+    from safetensors.torch import load_file
+
+    reader = Reader.load(path, device=reader_device)
+    state = json.loads((path / "trainer_state.json").read_text())
+    tensors = load_file(str(path / "trainer_state.safetensors"))
+    return reader, state, tensors
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ConfigError("batch_size and grad_accum must be at least 1")
+    ckpt = find_checkpoint(out) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        print(f"spanqa: no checkpoint in {out}; starting a new run", file=sys.stderr)
+    if not cfg.resume and find_checkpoint(out) is not None:
+        raise ConfigError(f"{out} already holds a training checkpoint; pass --resume to continue it, or "
+                          "choose another --out")
+    set_seed(cfg.seed)
+
+    data = load_dataset(cfg.train, skip_invalid=cfg.skip_invalid)
+    dev = load_dataset(cfg.dev, skip_invalid=cfg.skip_invalid) if cfg.dev else None
+    examples = data.examples
+    if cfg.max_examples and cfg.max_examples < len(examples):
+        pick = np.random.default_rng(cfg.seed).choice(len(examples), cfg.max_examples, replace=False)
+        examples = [examples[i] for i in sorted(pick)]
+
+    if ckpt is not None:
+        reader, state, tensors = load_checkpoint(ckpt, cfg.device)
+    else:
+        rc = ReaderConfig(
+            format=FormatConfig(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_len),
+            decode=DecodeConfig(max_answer_len=cfg.max_answer_len, allow_no_answer=data.has_unanswerable),
+            head=HeadConfig(kind=cfg.head),
+        )
+        reader = Reader.from_base(cfg.base, rc, device=cfg.device)
+        state, tensors = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0}, {}
+    model = reader.model
+    if cfg.freeze_word_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
+
+    t_fmt = time.perf_counter()
+    answers = [(e.answers[0].start, e.answers[0].end) if e.answers else None for e in examples]
+    windows = []
+    for lo in range(0, len(examples), 2000):
+        chunk = examples[lo : lo + 2000]
+        windows += make_windows(reader.tokenizer, [e.question for e in chunk], [e.context for e in chunk],
+                                reader.config.format, answers[lo : lo + 2000], example_offset=lo)
+    t_fmt = time.perf_counter() - t_fmt
+    lengths = [len(w) for w in windows]
+    micro_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
+
+    opt = _optimizer(reader, cfg)
+    if tensors:
+        _restore_optimizer(opt, tensors)
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}
+    _log(out, {"event": "start", "examples": len(examples), "windows": len(windows),
+               "format_seconds": round(t_fmt, 1), "total_steps": total_steps, "resumed_at": state["step"],
+               "config": recipe})
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True,
+               desc="train", file=sys.stderr)
+    pad = reader.tokenizer.pad_token_id or 0
+    dev_metrics: dict = {}
+    loss_ema = state.get("loss_ema")
+    step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
+    epoch, batch_pos = state["epoch"], state["batch_in_epoch"]
+    window_tokens, window_time = 0, 0.0
+    model.train()
+    done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
+    device = reader.device
+    amp = device.type == "cuda"
+    while not done:
+        order = length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(cfg.seed + epoch))
+        while batch_pos < len(order) and not done:
+            t0 = time.perf_counter()
+            group = order[batch_pos : batch_pos + cfg.grad_accum]
+            n_tok, loss_sum = 0, 0.0
+            for idx in group:
+                batch = collate([windows[i] for i in idx], pad, with_labels=True)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    b, e = forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
+                                   batch["token_type_ids"])
+                loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"]) / len(group)
+                loss.backward()
+                loss_sum += loss.detach()
+                n_tok += int(batch["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                           cfg.max_grad_norm)
+            f = lr_factor(step, total_steps, elapsed, budget_s, cfg.warmup)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * f
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_val = float(loss_sum)
+            dt = time.perf_counter() - t0
+            step += 1
+            batch_pos += len(group)
+            elapsed += dt
+            tokens += n_tok
+            window_tokens += n_tok
+            window_time += dt
+            loss_ema = loss_val if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_val
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{window_tokens / max(window_time, 1e-9):.0f}")
+            if step % cfg.log_every == 0:
+                _log(out, {"step": step, "loss": round(loss_val, 4), "loss_ema": round(loss_ema, 4),
+                           "lr": cfg.lr * f, "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                           "elapsed": round(elapsed, 1), "epoch": epoch})
+                window_tokens, window_time = 0, 0.0
+            done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
+            if batch_pos >= len(order):
+                epoch, batch_pos = epoch + 1, 0
+                if epoch >= math.ceil(cfg.epochs) and not cfg.max_steps:
+                    done = True
+            if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
+                _log(out, {"step": step, "event": "eval", **dev_metrics})
+                bar.write(f"step {step}: dev EM {dev_metrics['exact_match']:.1f} F1 {dev_metrics['f1']:.1f}")
+                model.train()
+            if cfg.save_every and step % cfg.save_every == 0 or done:
+                st = {"step": step, "epoch": epoch, "batch_in_epoch": batch_pos, "elapsed": elapsed,
+                      "tokens": tokens, "loss_ema": loss_ema, "total_steps": total_steps, "config": recipe}
+                save_checkpoint(out, reader, opt, st)
+    bar.close()
+    model.eval()
+    summary = {"steps": step, "train_seconds": round(elapsed, 1), "real_tokens": tokens,
+               "tokens_per_s": tokens / max(elapsed, 1e-9), "examples": len(examples), "windows": len(windows),
+               "loss_ema": loss_ema, "device": str(device), "threads": torch.get_num_threads()}
+    if dev is not None:
+        dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
+        summary["dev"] = {k: dev_metrics[k] for k in ("exact_match", "f1", "begin_accuracy", "end_accuracy",
+                                                      "num_questions") if k in dev_metrics}
+    reader.config = replace(reader.config, training={"recipe": recipe, "summary": summary})
+    reader.save(out)
+    _log(out, {"event": "end", **summary})
+    return summary
+
+
+def _evaluate(reader: Reader, dev, limit: int | None) -> dict:
+    from spanqa.evaluation import evaluate
+
+    return evaluate(reader, dev, limit=limit, batch_size=128)
