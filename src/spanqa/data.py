@@ -249,9 +249,9 @@ def load_dataset(path: str | Path, skip_invalid: bool = False) -> Dataset:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-        version = _load_squad(data, col)
-        if any(e.is_impossible for e in col.examples):
-            version = "v2.0"
+        declared = _load_squad(data, col).lstrip("v")
+        v2 = declared.startswith("2") or any(e.is_impossible for e in col.examples)
+        version = "v2.0" if v2 else "v1.1"
     if not col.examples:
         raise DataError(f"{path}: no valid questions found" + (f" ({sum(col.skipped.values())} skipped)"
                                                                if col.skipped else ""))

@@ -1,0 +1,98 @@
+"""CLI smoke tests (answer, train, evaluate) and the errors users see: one line, exit 2, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spanqa.cli import main
+
+
+def squad_file(path, n=6):
+    qas, paras = [], []
+    for i in range(n):
+        ctx = f"Item {i} is kept in room {100 + i}. The keeper of item {i} is named Keeper{i}."
+        paras.append({"context": ctx, "qas": [
+            {"id": f"q{i}", "question": f"Which room keeps item {i}?",
+             "answers": [{"text": f"room {100 + i}", "answer_start": ctx.index("room")}]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}))
+    return path
+
+
+def test_answer_json(tiny_model_dir, capsys):
+    ctx = "Grace Hopper   wrote\tthe first compiler in 1952 — café 😀."
+    assert main(["answer", "--model", str(tiny_model_dir), "--question", "who?", "--context", ctx,
+                 "--json", "--top-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"answers", "no_answer"} and 1 <= len(out["answers"]) <= 3
+    assert all(ctx[a["start"] : a["end"]] == a["text"] for a in out["answers"])
+
+
+def test_answer_from_context_file(tiny_model_dir, tmp_path, capsys):
+    f = tmp_path / "ctx.txt"
+    f.write_text("Paris is the capital of France.")
+    assert main(["answer", "--model", str(tiny_model_dir), "--question", "capital?", "--context-file", str(f)]) == 0
+    assert capsys.readouterr().out.strip() in "Paris is the capital of France."
+
+
+def test_train_then_evaluate(tiny_model_dir, tmp_path, capsys):
+    data = squad_file(tmp_path / "train.json")
+    out = tmp_path / "run"
+    assert main(["train", "--base", str(tiny_model_dir), "--train", str(data), "--dev", str(data), "--out",
+                 str(out), "--max-steps", "3", "--batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["dev"]["num_questions"] == 6
+    assert (out / "spanqa.json").exists() and (out / "checkpoint" / "trainer_state.json").exists()
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "end"
+    assert main(["train", "--base", str(tiny_model_dir), "--train", str(data), "--out", str(out),
+                 "--max-steps", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume with more steps continues from step 3
+    assert main(["train", "--base", str(tiny_model_dir), "--train", str(data), "--out", str(out),
+                 "--max-steps", "5", "--batch-size", "2", "--no-progress", "--resume", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5
+
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--out", str(ev), "--json",
+                 "--limit", "4"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for k in ("exact_match", "f1", "begin_accuracy", "end_accuracy", "num_questions"):
+        assert k in metrics
+    assert metrics["num_questions"] == 4
+    preds = json.loads((ev / "predictions.json").read_text())
+    assert sorted(preds) == ["q0", "q1", "q2", "q3"] and all(isinstance(v, str) for v in preds.values())
+    assert (ev / "nbest.json").exists() and (ev / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--model", "{model}", "--data", "{tmp}/missing.json"], "missing.json: file not found"),
+        (["evaluate", "--model", "{model}", "--data", "{tmp}/malformed.json"], "malformed JSON"),
+        (["evaluate", "--model", "{model}", "--data", "{tmp}/wrong_start.json"], "answer_start"),
+        (["evaluate", "--model", "{model}", "--data", "{tmp}/empty_q.json"], "field 'question' is empty"),
+        (["answer", "--model", "{model}", "--question", " ", "--context", "x"], "--question is empty"),
+        (["answer", "--model", "{tmp}/nomodel", "--question", "q", "--context", "x"], "model directory not found"),
+        (["answer", "--model", "{model}", "--question", "q", "--context-file", "{tmp}/none.txt"], "not found"),
+        (["train", "--base", "{model}", "--train", "{tmp}/wrong_start.json", "--out", "{tmp}/o"], "answer_start"),
+        (["train", "--base", "{model}", "--train", "{tmp}/ok.json", "--out", "{tmp}/o2", "--max-seq-len", "2000"],
+         "above the encoder's limit"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, args, message):
+    (tmp_path / "malformed.json").write_text('{"data": [')
+    squad_file(tmp_path / "ok.json")
+    good = json.loads((tmp_path / "ok.json").read_text())
+    bad = json.loads(json.dumps(good))
+    bad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 1
+    (tmp_path / "wrong_start.json").write_text(json.dumps(bad))
+    empty = json.loads(json.dumps(good))
+    empty["data"][0]["paragraphs"][1]["qas"][0]["question"] = ""
+    (tmp_path / "empty_q.json").write_text(json.dumps(empty))
+    argv = [a.format(model=tiny_model_dir, tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "spanqa", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("spanqa: error:")

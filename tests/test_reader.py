@@ -1,0 +1,90 @@
+"""The public API on a tiny random model, save/load, and the shipped default model."""
+
+import json
+
+import pytest
+import torch
+
+from spanqa import Reader
+from spanqa.errors import ConfigError, ModelError
+
+
+def same_answers(a, b) -> bool:
+    assert [(x.text, x.start, x.end) for x in a.answers] == [(x.text, x.start, x.end) for x in b.answers]
+    assert [x.score for x in a.answers] == pytest.approx([x.score for x in b.answers], rel=1e-4)
+    return a.no_answer == b.no_answer
+
+
+def test_answers_are_exact_slices_and_ranked(tiny_reader):
+    context = "Café déjà vu — 東京 😀 tabs\there,\n\nnewlines and   spaces. " * 3
+    pred = tiny_reader.answer("what is here?", context, top_k=5)
+    assert 1 <= len(pred.answers) <= 5
+    scores = [a.score for a in pred.answers]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    for a in pred.answers:
+        assert a.text == context[a.start : a.end] and a.text
+    d = pred.to_dict()
+    assert set(d) == {"answers", "no_answer"} and set(d["answers"][0]) == {"text", "start", "end", "score"}
+
+
+def test_many_windows_and_batching_agree(tiny_reader):
+    """A long context answered alone and inside a batch of other questions gives the same answer."""
+    tiny_reader.config = type(tiny_reader.config)(format=type(tiny_reader.config.format)(64, 16, 16))
+    long = " ".join(f"Fact {i}: the code word is w{i}." for i in range(80))
+    alone = tiny_reader.answer("what is the code word?", long, top_k=3)
+    batch = tiny_reader.predict(["q one?", "what is the code word?", "q three?"], ["short a", long, "short c"],
+                                top_k=3, batch_size=4)
+    assert same_answers(batch[1], alone)
+
+
+def test_save_load_round_trip(tiny_reader, tmp_path):
+    tiny_reader.save(tmp_path)
+    meta = json.loads((tmp_path / "spanqa.json").read_text())
+    assert meta["format"]["max_seq_len"] == 384 and meta["decode"]["max_answer_len"] == 30
+    assert not list(tmp_path.glob("*.bin")) and (tmp_path / "heads.safetensors").exists()
+    again = Reader.load(tmp_path)
+    q, c = "who?", "Ada Lovelace wrote the first program."
+    assert same_answers(again.answer(q, c, top_k=3), tiny_reader.answer(q, c, top_k=3))
+
+
+def test_bad_inputs(tiny_reader, tmp_path):
+    with pytest.raises(ConfigError, match="question is empty"):
+        tiny_reader.answer("  ", "context")
+    with pytest.raises(ConfigError, match="context must be a string"):
+        tiny_reader.answer("q", None)
+    with pytest.raises(ConfigError, match="top_k"):
+        tiny_reader.answer("q", "c", top_k=0)
+    with pytest.raises(ModelError, match="not found"):
+        Reader.load(tmp_path / "missing")
+    with pytest.raises(ModelError, match="spanqa.json is missing"):
+        Reader.load(tmp_path)
+
+
+def test_shipped_default_model_answers_offline():
+    reader = Reader.load()  # the model inside the package, no network (HF_HUB_OFFLINE=1)
+    assert reader.config.head.kind in ("linear", "mlp")
+    context = ("The Amazon rainforest covers much of the Amazon basin of South America. "
+               "The Eiffel Tower was completed in 1889 and stands in Paris, France.")
+    pred = reader.answer("In which year was the Eiffel Tower completed?", context)
+    assert pred.best.text == "1889" and context[pred.best.start : pred.best.end] == "1889"
+    assert reader.answer("Where does the Eiffel Tower stand?", context).best.text in ("Paris", "Paris, France")
+
+
+def test_default_model_finds_answer_across_window_boundary():
+    """An answer straddling a window edge is whole in the next window, and the max-context merge finds it."""
+    reader = Reader.load()
+    from dataclasses import replace
+
+    reader.config = replace(reader.config, format=replace(reader.config.format, max_seq_len=96, doc_stride=32))
+    filler = " ".join(f"Building number {i} is painted grey." for i in range(30))
+    context = filler + " The tallest tower of the city is named Aurelia Spire. " + filler
+    wins = reader.predict(["What is the tallest tower of the city named?"], [context], keep_windows=True)[0]
+    assert len(wins.windows) > 3
+    assert wins.best.text == "Aurelia Spire"
+
+
+def test_device_selection():
+    from spanqa.reader import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
