@@ -10,7 +10,7 @@ from spanqa.cli import main
 
 
 def squad_file(path, n=6):
-    qas, paras = [], []
+    paras = []
     for i in range(n):
         ctx = f"Item {i} is kept in room {100 + i}. The keeper of item {i} is named Keeper{i}."
         paras.append({"context": ctx, "qas": [

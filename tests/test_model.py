@@ -10,11 +10,11 @@ from spanqa.loss import span_loss
 from spanqa.model import HeadConfig, SpanReader, encoder_from_config
 
 
-def tiny(head=HeadConfig()):
+def tiny(head: HeadConfig | None = None):
     torch.manual_seed(0)
     cfg = tiny_bert_config(100)
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-    return SpanReader(encoder_from_config(cfg), head).eval(), cfg
+    return SpanReader(encoder_from_config(cfg), head or HeadConfig()).eval(), cfg
 
 
 def inputs():
