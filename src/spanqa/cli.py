@@ -61,7 +61,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"spanqa: skipped {sum(data.skipped.values())} invalid record(s): {dict(data.skipped)}",
               file=sys.stderr)
     reader = Reader.load(args.model, device=args.device)
-    metrics = evaluate(reader, data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size)
+    metrics = evaluate(reader, data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size,
+                       progress=not args.no_progress)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--skip-invalid", action="store_true", help="count and skip invalid records")
     e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")

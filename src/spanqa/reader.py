@@ -201,13 +201,22 @@ class Reader:
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {top_k}")
         out: list[Prediction] = []
+        bar = None
+        if progress:
+            import sys
+
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True)
         chunk = 512  # questions formatted at a time: bounds memory on huge inputs
         for lo in range(0, len(questions), chunk):
             qs, cs = questions[lo : lo + chunk], contexts[lo : lo + chunk]
-            out.extend(self._predict_chunk(qs, cs, top_k, batch_size, keep_windows, progress))
+            out.extend(self._predict_chunk(qs, cs, top_k, batch_size, keep_windows, bar))
+        if bar is not None:
+            bar.close()
         return out
 
-    def _predict_chunk(self, questions, contexts, top_k, batch_size, keep_windows, progress) -> list[Prediction]:
+    def _predict_chunk(self, questions, contexts, top_k, batch_size, keep_windows, bar) -> list[Prediction]:
         cfg = self.config
         windows = make_windows(self.tokenizer, questions, contexts, cfg.format)
         k = max(top_k, 1)
@@ -226,6 +235,8 @@ class Reader:
                                   scores, begins, ends, k)
             no_ans = is_no_answer(null, cands[0] if cands else None, cfg.decode)
             preds.append(Prediction(cands, no_ans, null, [windows[i] for i in idx] if keep_windows else []))
+        if bar is not None:
+            bar.update(len(contexts))
         return preds
 
     @torch.inference_mode()

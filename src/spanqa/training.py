@@ -72,6 +72,17 @@ class TrainConfig:
     progress: bool = True
 
 
+def encoder_matmul_flops(config, batch: int, seq: int, train: bool = True) -> float:
+    """Matmul FLOPs of a BERT-style encoder on a (batch, seq) input: projections, FFN, attention scores and
+    context; x3 for training (the backward computes input and weight gradients). 0 if the config is not BERT-like."""
+    try:
+        h, n_layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    except AttributeError:
+        return 0.0
+    per_layer = 2 * batch * seq * (4 * h * h + 2 * h * inter) + 4 * batch * seq * seq * h
+    return float(n_layers * per_layer) * (3.0 if train else 1.0)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -170,8 +181,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and ckpt is None:
         print(f"spanqa: no checkpoint in {out}; starting a new run", file=sys.stderr)
     if not cfg.resume and find_checkpoint(out) is not None:
-        raise ConfigError(f"{out} already holds a training checkpoint; pass --resume to continue it, or "
-                          "choose another --out")
+        raise ConfigError(
+            f"{out} already holds a training checkpoint; pass --resume to continue it, or choose another --out"
+        )
     set_seed(cfg.seed)
 
     data = load_dataset(cfg.train, skip_invalid=cfg.skip_invalid)
@@ -200,8 +212,14 @@ def train(cfg: TrainConfig) -> dict:
     windows = []
     for lo in range(0, len(examples), 2000):
         chunk = examples[lo : lo + 2000]
-        windows += make_windows(reader.tokenizer, [e.question for e in chunk], [e.context for e in chunk],
-                                reader.config.format, answers[lo : lo + 2000], example_offset=lo)
+        windows += make_windows(
+            reader.tokenizer,
+            [e.question for e in chunk],
+            [e.context for e in chunk],
+            reader.config.format,
+            answers[lo : lo + 2000],
+            example_offset=lo,
+        )
     t_fmt = time.perf_counter() - t_fmt
     lengths = [len(w) for w in windows]
     micro_per_epoch = math.ceil(len(windows) / cfg.batch_size)
@@ -220,18 +238,34 @@ def train(cfg: TrainConfig) -> dict:
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     out.mkdir(parents=True, exist_ok=True)
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}
-    _log(out, {"event": "start", "examples": len(examples), "windows": len(windows),
-               "format_seconds": round(t_fmt, 1), "total_steps": total_steps, "resumed_at": state["step"],
-               "config": recipe})
+    _log(
+        out,
+        {
+            "event": "start",
+            "examples": len(examples),
+            "windows": len(windows),
+            "format_seconds": round(t_fmt, 1),
+            "total_steps": total_steps,
+            "resumed_at": state["step"],
+            "config": recipe,
+        },
+    )
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True,
-               desc="train", file=sys.stderr)
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        desc="train",
+        file=sys.stderr,
+    )
     pad = reader.tokenizer.pad_token_id or 0
     dev_metrics: dict = {}
     loss_ema = state.get("loss_ema")
     step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
+    padded, flops = state.get("padded_tokens", 0), state.get("matmul_flops", 0.0)
     epoch, batch_pos = state["epoch"], state["batch_in_epoch"]
     window_tokens, window_time = 0, 0.0
     model.train()
@@ -243,19 +277,21 @@ def train(cfg: TrainConfig) -> dict:
         while batch_pos < len(order) and not done:
             t0 = time.perf_counter()
             group = order[batch_pos : batch_pos + cfg.grad_accum]
-            n_tok, loss_sum = 0, 0.0
+            n_tok, loss_sum, n_pad = 0, 0.0, 0
             for idx in group:
                 batch = collate([windows[i] for i in idx], pad, with_labels=True)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    b, e = forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
-                                   batch["token_type_ids"])
+                    b, e = forward(
+                        batch["input_ids"], batch["attention_mask"], batch["span_mask"], batch["token_type_ids"]
+                    )
                 loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"]) / len(group)
                 loss.backward()
                 loss_sum += loss.detach()
                 n_tok += int(batch["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           cfg.max_grad_norm)
+                n_pad += batch["input_ids"].numel()
+                flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             f = lr_factor(step, total_steps, elapsed, budget_s, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * f
@@ -267,15 +303,25 @@ def train(cfg: TrainConfig) -> dict:
             batch_pos += len(group)
             elapsed += dt
             tokens += n_tok
+            padded += n_pad
             window_tokens += n_tok
             window_time += dt
             loss_ema = loss_val if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_val
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{window_tokens / max(window_time, 1e-9):.0f}")
             if step % cfg.log_every == 0:
-                _log(out, {"step": step, "loss": round(loss_val, 4), "loss_ema": round(loss_ema, 4),
-                           "lr": cfg.lr * f, "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                           "elapsed": round(elapsed, 1), "epoch": epoch})
+                _log(
+                    out,
+                    {
+                        "step": step,
+                        "loss": round(loss_val, 4),
+                        "loss_ema": round(loss_ema, 4),
+                        "lr": cfg.lr * f,
+                        "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                        "elapsed": round(elapsed, 1),
+                        "epoch": epoch,
+                    },
+                )
                 window_tokens, window_time = 0, 0.0
             done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
             if batch_pos >= len(order):
@@ -288,18 +334,41 @@ def train(cfg: TrainConfig) -> dict:
                 bar.write(f"step {step}: dev EM {dev_metrics['exact_match']:.1f} F1 {dev_metrics['f1']:.1f}")
                 model.train()
             if cfg.save_every and step % cfg.save_every == 0 or done:
-                st = {"step": step, "epoch": epoch, "batch_in_epoch": batch_pos, "elapsed": elapsed,
-                      "tokens": tokens, "loss_ema": loss_ema, "total_steps": total_steps, "config": recipe}
+                st = {
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_pos,
+                    "elapsed": elapsed,
+                    "tokens": tokens,
+                    "padded_tokens": padded,
+                    "matmul_flops": flops,
+                    "loss_ema": loss_ema,
+                    "total_steps": total_steps,
+                    "config": recipe,
+                }
                 save_checkpoint(out, reader, opt, st)
     bar.close()
     model.eval()
-    summary = {"steps": step, "train_seconds": round(elapsed, 1), "real_tokens": tokens,
-               "tokens_per_s": tokens / max(elapsed, 1e-9), "examples": len(examples), "windows": len(windows),
-               "loss_ema": loss_ema, "device": str(device), "threads": torch.get_num_threads()}
+    summary = {
+        "steps": step,
+        "train_seconds": round(elapsed, 1),
+        "real_tokens": tokens,
+        "tokens_per_s": tokens / max(elapsed, 1e-9),
+        "padded_tokens": padded,
+        "matmul_gflops_per_s": flops / max(elapsed, 1e-9) / 1e9,
+        "examples": len(examples),
+        "windows": len(windows),
+        "loss_ema": loss_ema,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
     if dev is not None:
         dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
-        summary["dev"] = {k: dev_metrics[k] for k in ("exact_match", "f1", "begin_accuracy", "end_accuracy",
-                                                      "num_questions") if k in dev_metrics}
+        summary["dev"] = {
+            k: dev_metrics[k]
+            for k in ("exact_match", "f1", "begin_accuracy", "end_accuracy", "num_questions")
+            if k in dev_metrics
+        }
     reader.config = replace(reader.config, training={"recipe": recipe, "summary": summary})
     reader.save(out)
     _log(out, {"event": "end", **summary})
