@@ -100,13 +100,13 @@ def _label(offsets: np.ndarray, ctx_pos: np.ndarray, start_char: int, end_char: 
     return int(ctx_pos[b]), int(ctx_pos[e])
 
 
-def _mark_max_context(windows: list[Window], stride: int) -> None:
+def _mark_max_context(windows: list[Window], segments: list[np.ndarray], stride: int) -> None:
     """For tokens seen in several windows, keep the window where the token has the most context on both
-    sides (BERT's max-context rule); only there may the token begin a span."""
+    sides (BERT's max-context rule); only there may the token begin a span. `segments` holds each window's
+    context-segment positions; consecutive windows share exactly `stride` of them."""
     doc_start = 0
     spans = []  # (first doc index, ctx positions) per window
-    for w in windows:
-        pos = np.flatnonzero(w.context_mask)
+    for pos in segments:
         spans.append((doc_start, pos))
         doc_start += max(len(pos) - stride, 1)
     n_doc = max(s + len(p) for s, p in spans)
@@ -122,7 +122,7 @@ def _mark_max_context(windows: list[Window], stride: int) -> None:
     for k, (w, (s, pos)) in enumerate(zip(windows, spans, strict=True)):
         mc = np.zeros(len(w), dtype=bool)
         mc[pos] = owner[s : s + len(pos)] == k
-        w.max_context = mc
+        w.max_context = mc & w.context_mask
 
 
 def make_windows(
@@ -156,12 +156,14 @@ def make_windows(
         padding=False,
     )
     by_example: dict[int, list[Window]] = {}
+    segments: dict[int, list[np.ndarray]] = {}
     for w in range(len(enc["input_ids"])):
         ex = int(enc["overflow_to_sample_mapping"][w])
         seq = enc.sequence_ids(w)
         ids = np.asarray(enc["input_ids"][w], dtype=np.int64)
-        ctx = np.array([s == 1 for s in seq], dtype=bool)
         offsets = np.asarray(enc["offset_mapping"][w], dtype=np.int64).reshape(-1, 2)
+        # Context tokens that cover no character (byte-level BPE's lone spaces) can never begin or end an answer.
+        ctx = np.array([s == 1 for s in seq], dtype=bool) & (offsets[:, 1] > offsets[:, 0])
         offsets[~ctx] = -1
         # RoBERTa-style tokenizers give all-zero type ids; BERT-style ones mark the context segment with 1.
         tt = enc["token_type_ids"][w] if "token_type_ids" in enc else [0] * len(ids)
@@ -177,10 +179,11 @@ def make_windows(
             s, e = answers[ex]
             win.start_position, win.end_position = _label(offsets, np.flatnonzero(ctx), s, e)
         by_example.setdefault(ex, []).append(win)
+        segments.setdefault(ex, []).append(np.flatnonzero([s == 1 for s in seq]))
     out: list[Window] = []
     for ex in sorted(by_example):
         wins = by_example[ex]
         if len(wins) > 1:
-            _mark_max_context(wins, cfg.doc_stride)
+            _mark_max_context(wins, segments[ex], cfg.doc_stride)
         out.extend(wins)
     return out
