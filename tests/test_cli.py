@@ -81,7 +81,7 @@ def test_train_then_evaluate(tiny_model_dir, tmp_path, capsys):
          "above the encoder's limit"),
     ],
 )
-def test_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, args, message):
+def test_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, capsys, args, message):
     (tmp_path / "malformed.json").write_text('{"data": [')
     squad_file(tmp_path / "ok.json")
     good = json.loads((tmp_path / "ok.json").read_text())
@@ -92,7 +92,17 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, args, message):
     empty["data"][0]["paragraphs"][1]["qas"][0]["question"] = ""
     (tmp_path / "empty_q.json").write_text(json.dumps(empty))
     argv = [a.format(model=tiny_model_dir, tmp=tmp_path) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("spanqa: error:")
+
+
+@pytest.mark.parametrize("bad", ["missing.json", "malformed.json"])
+def test_python_dash_m_exits_2_without_traceback(tiny_model_dir, tmp_path, bad):
+    (tmp_path / "malformed.json").write_text('{"data": [')
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--data", str(tmp_path / bad)]
     proc = subprocess.run([sys.executable, "-m", "spanqa", *argv], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("spanqa: error:")
+    assert bad in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]  # exactly one line

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")
-    t.add_argument("--base", help="HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2)")
+    t.add_argument("--base", help="HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2); "
+                   "a saved spanqa reader directory, or 'default' for the shipped model, continues its training")
     t.add_argument("--train", required=True)
     t.add_argument("--dev")
     t.add_argument("--out", required=True)

@@ -29,10 +29,10 @@ from spanqa.batching import collate, length_grouped_batches
 from spanqa.data import load_dataset
 from spanqa.decoding import DecodeConfig
 from spanqa.errors import ConfigError
-from spanqa.formatting import FormatConfig, make_windows
+from spanqa.formatting import FormatConfig, check_settings, make_windows
 from spanqa.loss import span_loss
 from spanqa.model import HeadConfig
-from spanqa.reader import Reader, ReaderConfig
+from spanqa.reader import Reader, ReaderConfig, encoder_max_positions
 
 CHECKPOINT = "checkpoint"
 
@@ -201,7 +201,14 @@ def train(cfg: TrainConfig) -> dict:
             decode=DecodeConfig(max_answer_len=cfg.max_answer_len, allow_no_answer=data.has_unanswerable),
             head=HeadConfig(kind=cfg.head),
         )
-        reader = Reader.from_base(cfg.base, rc, device=cfg.device)
+        if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
+            # continue from a saved reader (heads included), e.g. the shipped default model
+            reader = Reader.load(None if cfg.base == "default" else cfg.base, device=cfg.device)
+            reader.config = replace(reader.config, format=rc.format,
+                                    decode=replace(reader.config.decode, allow_no_answer=data.has_unanswerable))
+            check_settings(rc.format, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
+        else:
+            reader = Reader.from_base(cfg.base, rc, device=cfg.device)
         state, tensors = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0}, {}
     model = reader.model
     if cfg.freeze_word_embeddings:
