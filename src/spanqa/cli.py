@@ -1,4 +1,4 @@
-"""Command line: `spanqa answer | train | evaluate` (also `python -m spanqa ...`).
+"""Command line: `spanqa answer | train | evaluate | serve | explain` (also `python -m spanqa ...`).
 
 User errors print one line, `spanqa: error: ...`, and exit with status 2; they never show a traceback.
 """
@@ -104,6 +104,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve and explain (issue 5): the HTTP API + web page, and the begin/end chart -------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from spanqa.serving import API_KEY_ENV, ServeConfig, ServerSettings, serve
+
+    limits = {k: getattr(args, k) for k in ("max_body_bytes", "max_context_chars", "max_batch", "batch_wait_ms",
+                                            "max_batch_items")}
+    for k, v in limits.items():
+        low = 0 if k == "batch_wait_ms" else 1
+        if v < low:
+            raise SpanqaError(f"--{k.replace('_', '-')} must be at least {low}, got {v}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    serve(ServerSettings(model=args.model, host=args.host, port=args.port, engine=args.engine, device=args.device,
+                         threads=args.threads, log_level=args.log_level,
+                         serve=ServeConfig(api_key=api_key, **limits)))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from spanqa.explain import CHART_SUFFIXES, explain
+    from spanqa.reader import Reader
+
+    context = args.context if args.context is not None else _read_context_file(args.context_file)
+    if not args.question.strip():
+        raise SpanqaError("--question is empty")
+    if not context.strip():
+        raise SpanqaError("the context is empty")
+    if Path(args.out).suffix.lower() not in CHART_SUFFIXES:
+        raise SpanqaError(f"--out {args.out}: the chart must end in one of {', '.join(CHART_SUFFIXES)}")
+    reader = Reader.load(args.model, device=args.device)
+    answer, path = explain(reader, args.question, context, args.out)
+    print(json.dumps({**answer, "chart": str(path)}, ensure_ascii=False))
+    return 0
+
+
+def add_serve_explain(sub) -> None:
+    from spanqa.serving import ENGINES, ServeConfig
+
+    d = ServeConfig()
+    s = sub.add_parser("serve", help="HTTP API (POST /v1/answer) and a web page that draws P_begin/P_end")
+    s.add_argument("--model", help="saved reader directory (default: the model shipped with spanqa)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--engine", choices=ENGINES, default="torch", help="inference engine (default: torch)")
+    s.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    s.add_argument("--threads", type=int, help="torch intra-op threads")
+    s.add_argument("--api-key", help="require this key in the X-API-Key header (default: $SPANQA_API_KEY, if set)")
+    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    s.add_argument("--max-context-chars", type=int, default=d.max_context_chars)
+    s.add_argument("--max-batch", type=int, default=d.max_batch, help="items in one request")
+    s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="how long to gather concurrent requests into one forward pass")
+    s.add_argument("--max-batch-items", type=int, default=d.max_batch_items, help="items in one forward pass")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
+
+    x = sub.add_parser("explain", help="chart P_begin and P_end for every context token, the answer marked")
+    x.add_argument("--model", help="saved reader directory (default: the model shipped with spanqa)")
+    x.add_argument("--question", required=True)
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--context")
+    src.add_argument("--context-file")
+    x.add_argument("--out", required=True, help="chart file: .png, .svg or .pdf")
+    x.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    x.set_defaults(func=cmd_explain)
+# ---- end of serve and explain -------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    add_serve_explain(sub)
     return p
 
 

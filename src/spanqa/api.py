@@ -1,0 +1,402 @@
+"""The HTTP API and the web page over one Reader (run by `spanqa serve`, see spanqa.serving).
+
+    POST /v1/answer   {"question", "context", "top_k"?, "return_probabilities"?}, or a list of them
+    GET  /healthz     status, model, queue and batching counters
+    GET  /            the web page (question, context, answer, n-best, the begin/end chart)
+    GET  /docs        OpenAPI docs (served offline), /openapi.json the schema
+
+Concurrent requests are micro-batched: each request goes on an asyncio queue; one worker takes the first, waits
+a few milliseconds for more, and answers them all with one `Reader.predict` call in a thread, so the event loop
+keeps accepting requests while the network runs. Every input is checked before it reaches the queue, and every
+error is a 4xx/5xx JSON body `{"error": {"code", "message"}}`: no request can take the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spanqa.errors import SpanqaError
+from spanqa.serving import ServeConfig
+
+log = logging.getLogger("spanqa.serve")
+
+WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+# Static shells that hold no model output: served without the API key, so a browser can load the page and the docs
+# (the page then sends the key with each API call). Every other request needs the key when one is set.
+PUBLIC_PATHS = {"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                *(f"/static/{name}" for name in WEB_FILES)}
+PUBLIC_PREFIXES = ("/static-offline-docs/",)
+
+
+class AnswerRequest(BaseModel):
+    """One question about one context."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: str = Field(description="the question", examples=["Who wrote Pride and Prejudice?"])
+    context: str = Field(description="the text to take the answer from",
+                         examples=["Pride and Prejudice is an 1813 novel of manners written by Jane Austen."])
+    top_k: int = Field(1, description="how many answers to return (the n-best list)")
+    return_probabilities: bool = Field(False, description="also return P_begin and P_end for every context token")
+
+
+class Answer(BaseModel):
+    text: str
+    start: int = Field(description="character offset: text == context[start:end]")
+    end: int
+    score: float = Field(description="P_begin(start token) * P_end(end token)")
+
+
+class AnswerResponse(BaseModel):
+    answers: list[Answer]
+    no_answer: bool
+    probabilities: dict | None = Field(None, description="only with return_probabilities: see spanqa.explain")
+
+
+class ApiError(Exception):
+    """A request the server refuses: becomes `{"error": {"code", "message"}}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+# ---- validation: raw bytes -> checked items ----------------------------------------------------------------------
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body is {declared} bytes, above the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body is above the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes):
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "request body is empty; send a JSON object or a list of them")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "request body is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits, nesting too deep
+        raise ApiError(400, "malformed_json", f"malformed JSON: {str(e).splitlines()[0][:200]}") from None
+
+
+def _check_text(where: str, name: str, value: str, limit: int) -> None:
+    if not value.strip():
+        raise ApiError(422, "empty_field", f"{where}{name} is empty")
+    if len(value) > limit:
+        raise ApiError(422, f"{name}_too_long",
+                       f"{where}{name} has {len(value)} characters, above the limit of {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "invalid_field", f"{where}{name} is not valid Unicode (lone surrogate)") from None
+
+
+def validate_payload(payload, cfg: ServeConfig) -> tuple[list[AnswerRequest], bool]:
+    """Checked items and whether the body was a single object (answered with an object, not a list)."""
+    single = isinstance(payload, dict)
+    if single:
+        raw_items = [payload]
+    elif isinstance(payload, list):
+        if not payload:
+            raise ApiError(422, "empty_batch", "the list of questions is empty")
+        if len(payload) > cfg.max_batch:
+            raise ApiError(422, "batch_too_large",
+                           f"{len(payload)} items in one request, above the limit of {cfg.max_batch}")
+        raw_items = payload
+    else:
+        raise ApiError(422, "invalid_body",
+                       f"body must be a JSON object or a list of objects, got {type(payload).__name__}")
+    items = []
+    for i, raw in enumerate(raw_items):
+        where = "" if single else f"[{i}]."
+        if not isinstance(raw, dict):
+            raise ApiError(422, "invalid_body", f"item {i} must be a JSON object, got {type(raw).__name__}")
+        try:
+            item = AnswerRequest.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field_name = ".".join(str(p) for p in err["loc"]) or "body"
+            raise ApiError(422, "invalid_field", f"{where}{field_name}: {err['msg']}") from None
+        _check_text(where, "question", item.question, cfg.max_question_chars)
+        _check_text(where, "context", item.context, cfg.max_context_chars)
+        if not 1 <= item.top_k <= cfg.max_top_k:
+            raise ApiError(422, "invalid_field",
+                           f"{where}top_k must be between 1 and {cfg.max_top_k}, got {item.top_k}")
+        items.append(item)
+    return items, single
+
+
+# ---- micro-batching ----------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    items: list[AnswerRequest]
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    items: int = 0
+    batches: int = 0  # Reader.predict calls
+    largest_batch: int = 0
+    errors: int = 0
+
+
+class MicroBatcher:
+    """Collect concurrent requests for up to `wait_ms`, answer them with one Reader.predict call in a thread."""
+
+    def __init__(self, reader, cfg: ServeConfig):
+        self.reader, self.cfg = reader, cfg
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.pending = 0  # items submitted and not yet answered
+        self.stats = BatchStats()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="spanqa-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, items: list[AnswerRequest]) -> list[dict]:
+        if self.pending + len(items) > self.cfg.max_queue_items:
+            raise ApiError(503, "busy", f"the server has {self.pending} questions waiting; retry shortly")
+        job = _Job(items, asyncio.get_running_loop().create_future())
+        self.pending += len(items)
+        self.stats.requests += 1
+        self.queue.put_nowait(job)
+        try:
+            return await job.future
+        finally:
+            self.pending -= len(items)
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self.queue.get()]
+            n = len(jobs[0].items)
+            if n < self.cfg.max_batch_items and self.queue.qsize() == 0:
+                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let concurrent requests join this batch
+            while n < self.cfg.max_batch_items and not self.queue.empty():
+                job = self.queue.get_nowait()
+                jobs.append(job)
+                n += len(job.items)
+            jobs = [j for j in jobs if not j.future.done()]  # drop requests whose client went away
+            if not jobs:
+                continue
+            results = await asyncio.to_thread(self._answer_jobs, jobs)
+            for job, res in zip(jobs, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(res, Exception):
+                    job.future.set_exception(res)
+                else:
+                    job.future.set_result(res)
+
+    def _answer_jobs(self, jobs: list[_Job]) -> list[list[dict] | Exception]:
+        """Runs in a worker thread. One call for all jobs; if it fails, job by job, so one bad job fails alone."""
+        items = [it for j in jobs for it in j.items]
+        self.stats.batches += 1
+        self.stats.items += len(items)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        try:
+            flat = self._answer(items)
+        except Exception as e:
+            if len(jobs) == 1:
+                return [self._failure(e, jobs[0])]
+            out: list[list[dict] | Exception] = []
+            for job in jobs:
+                try:
+                    out.append(self._answer(job.items))
+                except Exception as e_job:
+                    out.append(self._failure(e_job, job))
+            return out
+        out, lo = [], 0
+        for job in jobs:
+            out.append(flat[lo : lo + len(job.items)])
+            lo += len(job.items)
+        return out
+
+    def _failure(self, e: Exception, job: _Job) -> ApiError:
+        self.stats.errors += 1
+        if isinstance(e, SpanqaError):
+            return ApiError(422, "invalid_input", str(e))
+        log.error("the reader failed on a request of %d item(s)", len(job.items), exc_info=e)
+        return ApiError(500, "internal", f"the reader failed on this request ({type(e).__name__})")
+
+    def _answer(self, items: list[AnswerRequest]) -> list[dict]:
+        from spanqa.explain import token_probabilities
+
+        qs, cs = [it.question for it in items], [it.context for it in items]
+        preds = self.reader.predict(qs, cs, top_k=max(it.top_k for it in items),
+                                    batch_size=self.cfg.predict_batch_size)
+        out = [p.to_dict(it.top_k) for p, it in zip(preds, items, strict=True)]
+        want = [i for i, it in enumerate(items) if it.return_probabilities]
+        if want:
+            probs = token_probabilities(self.reader, [qs[i] for i in want], [cs[i] for i in want],
+                                        batch_size=self.cfg.predict_batch_size)
+            for i, tp in zip(want, probs, strict=True):
+                out[i]["probabilities"] = tp.to_dict()
+        return out
+
+
+# ---- API key -----------------------------------------------------------------------------------------------------
+class ApiKeyMiddleware:
+    """Refuse (401) every HTTP request without the key, except the static shells in PUBLIC_PATHS.
+
+    The key is compared in constant time (hmac.compare_digest), so response timing does not leak it.
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
+                given = b""
+                for name, value in scope["headers"]:
+                    if name == b"x-api-key":
+                        given = value
+                    elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                        given = value[7:]
+                if not hmac.compare_digest(given, self.key):
+                    msg = "missing API key" if not given else "wrong API key"
+                    resp = JSONResponse(error_body("unauthorized", f"{msg}: send it as the X-API-Key header"),
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                    await resp(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def check_api_key(key: str) -> str:
+    if not key or not key.isascii() or not key.isprintable() or key != key.strip():
+        raise SpanqaError("the API key must be non-empty printable ASCII without surrounding spaces")
+    return key
+
+
+# ---- the app -----------------------------------------------------------------------------------------------------
+def _web_file(name: str) -> str:
+    return (importlib.resources.files("spanqa") / "web" / name).read_text(encoding="utf-8")
+
+
+def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", engine: str = "torch"):
+    """The FastAPI app over `reader` (already loaded). Run it with uvicorn, or test it with TestClient."""
+    cfg = cfg or ServeConfig()
+    from spanqa import __version__
+
+    batcher = MicroBatcher(reader, cfg)
+    started = time.time()
+    page = _web_file("index.html")
+    assets = {name: _web_file(name) for name in WEB_FILES}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPIOffline(title="spanqa", version=__version__, lifespan=lifespan,
+                         description="Extractive question answering: a BERT-style encoder with begin and end heads.")
+    app.state.batcher = batcher
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        return JSONResponse(error_body("invalid_field", f"{'.'.join(map(str, err['loc']))}: {err['msg']}"), 422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse(error_body("internal", f"internal error ({type(exc).__name__})"), status_code=500)
+
+    item_schema = AnswerRequest.model_json_schema()
+    body_schema = {"oneOf": [item_schema, {"type": "array", "items": item_schema, "minItems": 1,
+                                           "maxItems": cfg.max_batch}]}
+
+    request_body = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+
+    @app.post("/v1/answer", response_model=AnswerResponse | list[AnswerResponse],
+              openapi_extra={"requestBody": request_body},
+              responses={400: {"description": "malformed JSON"}, 401: {"description": "missing or wrong API key"},
+                         413: {"description": "body too large"}, 415: {"description": "not application/json"},
+                         422: {"description": "invalid field, over a limit"}, 503: {"description": "busy"}})
+    async def answer(request: Request):
+        """Answer one question (object in, object out) or several (list in, list out), in the CLI's JSON form."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        items, single = validate_payload(parse_json(await read_body(request, cfg.max_body_bytes)), cfg)
+        results = await batcher.submit(items)
+        return JSONResponse(results[0] if single else results)
+
+    @app.get("/healthz")
+    async def healthz():
+        """Liveness and counters: requests, items, forward batches (items/batches = how well batching works)."""
+        return {"status": "ok", "version": __version__, "model": model_name, "engine": engine,
+                "device": str(reader.device), "uptime_s": round(time.time() - started, 1),
+                "queue_items": batcher.pending, "stats": asdict(batcher.stats),
+                "limits": {k: v for k, v in asdict(cfg).items() if k != "api_key"},
+                "api_key_required": cfg.api_key is not None}
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        if name not in assets:
+            raise ApiError(404, "not_found", f"no static file {name!r}")
+        return Response(assets[name], media_type=WEB_FILES[name], headers=_PAGE_HEADERS)
+
+    if cfg.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(cfg.api_key))
+    return app
+
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+

@@ -1,0 +1,119 @@
+"""End to end: `spanqa serve` with the shipped model, the page in headless Chromium, a question typed, the answer and
+the begin/end chart on screen. Uses Debian's chromium (apt-get install chromium); no browser is downloaded.
+The screenshot goes to benchmarks/out/web-e2e.png (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("SPANQA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOT = Path(__file__).resolve().parents[1] / "benchmarks" / "out" / "web-e2e.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("fastapi")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "spanqa", "serve", "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"spanqa serve exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("spanqa serve did not answer /healthz within 180 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium; .ci/run does it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_page_answers_and_draws_the_chart(server, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    page.goto(server + "/")
+    page.fill("[data-testid=question]", "Who is the protagonist?")
+    page.click("[data-testid=ask]")
+    answer = page.locator("[data-testid=answer]")
+    answer.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function("document.querySelector('[data-testid=answer]').textContent.length > 0")
+    text = answer.inner_text()
+    context = page.input_value("[data-testid=context]")
+    assert text == "Elizabeth Bennet" and text in context
+    assert page.locator("[data-testid=highlighted-context] mark").inner_text() == text
+    assert page.locator("[data-testid=no-answer]").is_hidden()
+    assert page.locator("[data-testid=nbest] li").count() == 5
+
+    chart = page.locator("[data-testid=begin-end-chart]")
+    assert chart.is_visible()
+    n_labels = chart.locator("svg > text[transform]").count()  # one rotated label per context token
+    assert n_labels > 20
+    assert chart.locator("rect[data-role=begin]").count() == n_labels
+    assert chart.locator("rect[data-role=end]").count() == n_labels
+    assert chart.locator("rect[data-role=span]").count() == 1
+    assert chart.bounding_box()["height"] > 200
+    SHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOT), full_page=True)
+    assert SHOT.stat().st_size > 10_000
+    assert errors == []
+
+
+def test_page_shows_server_errors(server, browser):
+    page = browser.new_page()
+    page.goto(server + "/")
+    page.fill("[data-testid=context]", "x" * 20_001)  # over the server's context limit
+    page.click("[data-testid=ask]")
+    err = page.locator("[data-testid=error]")
+    err.wait_for(state="visible", timeout=30_000)
+    assert "above the limit" in err.inner_text()
+
+
+def test_docs_render_offline(server, browser):
+    page = browser.new_page()
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.goto(server + "/docs")
+    page.get_by_text("/v1/answer").first.wait_for(timeout=30_000)
+    assert failed == []
