@@ -117,3 +117,17 @@ def test_docs_render_offline(server, browser):
     page.goto(server + "/docs")
     page.get_by_text("/v1/answer").first.wait_for(timeout=30_000)
     assert failed == []
+
+
+def test_page_shows_no_answer(server, browser):
+    """The no-answer indicator, with the server's reply replaced by one that says no answer."""
+    page = browser.new_page()
+    page.route("**/v1/answer", lambda route: route.fulfill(json={
+        "answers": [{"text": "Jane", "start": 59, "end": 63, "score": 0.01}], "no_answer": True,
+        "probabilities": {"tokens": [{"text": "Jane", "start": 59, "end": 63, "p_begin": 0.01, "p_end": 0.01,
+                                      "window": 0}], "windows": 1, "null": [{"p_begin": 0.9, "p_end": 0.9}]}}))
+    page.goto(server + "/")
+    page.click("[data-testid=ask]")
+    page.locator("[data-testid=no-answer]").wait_for(state="visible", timeout=30_000)
+    assert page.locator("[data-testid=answer]").inner_text() == "(no answer)"
+    assert page.locator("[data-testid=nbest] li").count() == 1

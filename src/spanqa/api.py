@@ -19,6 +19,7 @@ import importlib.resources
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
@@ -178,6 +179,8 @@ class MicroBatcher:
         self.pending = 0  # items submitted and not yet answered
         self.stats = BatchStats()
         self._task: asyncio.Task | None = None
+        # One dedicated thread runs the network: batches never overlap and never wait on each other's threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanqa-reader")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="spanqa-batcher")
@@ -186,10 +189,13 @@ class MicroBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, items: list[AnswerRequest]) -> list[dict]:
         if self.pending + len(items) > self.cfg.max_queue_items:
             raise ApiError(503, "busy", f"the server has {self.pending} questions waiting; retry shortly")
+        if self._task is None or self._task.done():  # not started by a lifespan (or stopped): start it now
+            self.start()
         job = _Job(items, asyncio.get_running_loop().create_future())
         self.pending += len(items)
         self.stats.requests += 1
@@ -203,8 +209,10 @@ class MicroBatcher:
         while True:
             jobs = [await self.queue.get()]
             n = len(jobs[0].items)
-            if n < self.cfg.max_batch_items and self.queue.qsize() == 0:
-                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let concurrent requests join this batch
+            if n + self.queue.qsize() < self.cfg.max_batch_items:  # (qsize counts requests: a lower bound on items)
+                # Let concurrent requests join, also right after a batch: the clients it answered send their next
+                # requests within milliseconds, and would otherwise form a batch of their own every time.
+                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)
             while n < self.cfg.max_batch_items and not self.queue.empty():
                 job = self.queue.get_nowait()
                 jobs.append(job)
@@ -212,7 +220,11 @@ class MicroBatcher:
             jobs = [j for j in jobs if not j.future.done()]  # drop requests whose client went away
             if not jobs:
                 continue
-            results = await asyncio.to_thread(self._answer_jobs, jobs)
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._answer_jobs, jobs)
+            except Exception as e:  # the executor itself failed: fail these requests, keep the worker alive
+                log.error("the batch worker failed", exc_info=e)
+                results = [ApiError(500, "internal", f"the batch worker failed ({type(e).__name__})")] * len(jobs)
             for job, res in zip(jobs, results, strict=True):
                 if job.future.done():
                     continue
