@@ -138,6 +138,7 @@ def main() -> None:
         rss_start = mib()
         anchor = asyncio.run(run_phase(base + "/v1/answer", pool, args.anchor_requests, 1, args.top_k))
         rss_before = mib()
+        stats_before = httpx.get(base + "/healthz", timeout=10).json()["stats"]
         peak = [rss_before]
         done = threading.Event()
 
@@ -162,7 +163,7 @@ def main() -> None:
 
     import spanqa
 
-    stats = health["stats"]
+    stats = {k: health["stats"][k] - stats_before[k] for k in ("batches", "items", "errors")}  # the load phase's
     result = {
         "benchmark": "spanqa serve load test (loopback)",
         "settings": {**vars(args), "questions": source, "distinct_questions": len(pool),
@@ -177,10 +178,9 @@ def main() -> None:
         "throughput_ratio_load_over_anchor": round(load["throughput_rps"] / anchor["throughput_rps"], 2),
         "server": {"rss_mib_at_start": rss_start, "rss_mib_before_load": rss_before, "rss_mib_after_load": rss_after,
                    "rss_mib_peak_during_load": max(peak),
-                   "forward_batches": stats["batches"], "items": stats["items"],
-                   "largest_batch": stats["largest_batch"],
-                   "mean_items_per_batch": round(stats["items"] / max(stats["batches"], 1), 2),
-                   "server_errors": stats["errors"]},
+                   "load_forward_batches": stats["batches"], "load_items": stats["items"],
+                   "load_mean_items_per_batch": round(stats["items"] / max(stats["batches"], 1), 2),
+                   "largest_batch": health["stats"]["largest_batch"], "load_server_errors": stats["errors"]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def test_plot_writes_png_and_svg(tiny_reader, tmp_path):
     tp = token_probabilities(tiny_reader, [Q], [CONTEXT])[0]
     png = plot_probabilities(tp, tmp_path / "c.png", Q, span=(59, 70), answer="Jane Austen")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    svg = plot_probabilities(tp, tmp_path / "sub" / "c.svg", Q + " $x$", span=None, answer=None)
+    svg = plot_probabilities(tp, tmp_path / "sub" / "c.svg", Q + " $x$", span=None, answer=None, log_scale=True)
     assert b"<svg" in svg.read_bytes()[:1000]
 
 

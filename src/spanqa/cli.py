@@ -133,7 +133,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in CHART_SUFFIXES:
         raise SpanqaError(f"--out {args.out}: the chart must end in one of {', '.join(CHART_SUFFIXES)}")
     reader = Reader.load(args.model, device=args.device)
-    answer, path = explain(reader, args.question, context, args.out)
+    answer, path = explain(reader, args.question, context, args.out, log_scale=args.log_scale)
     print(json.dumps({**answer, "chart": str(path)}, ensure_ascii=False))
     return 0
 
@@ -166,6 +166,7 @@ def add_serve_explain(sub) -> None:
     src.add_argument("--context")
     src.add_argument("--context-file")
     x.add_argument("--out", required=True, help="chart file: .png, .svg or .pdf")
+    x.add_argument("--log-scale", action="store_true", help="log y axis, to see the small probabilities too")
     x.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     x.set_defaults(func=cmd_explain)
 # ---- end of serve and explain -------------------------------------------------------------------------------------

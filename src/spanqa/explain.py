@@ -88,8 +88,11 @@ def token_probabilities(reader, questions: Sequence[str], contexts: Sequence[str
 
 
 def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span: tuple[int, int] | None = None,
-                       answer: str | None = None) -> Path:
-    """Draw P_begin and P_end per context token (tokens on the x axis); shade the tokens of `span` (char offsets)."""
+                       answer: str | None = None, log_scale: bool = False) -> Path:
+    """Draw P_begin and P_end per context token (tokens on the x axis); shade the tokens of `span` (char offsets).
+
+    `log_scale` shows the small probabilities too (from 1e-6), which a linear axis flattens to zero.
+    """
     try:
         import matplotlib
     except ImportError:
@@ -114,7 +117,11 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
     ax.set_xticks(x[::step], [t.replace("$", r"\$") for t in tp.text[::step]], rotation=70, ha="right",
                   fontsize=8)
     ax.set_xlim(-0.7, max(n, 1) - 0.3)
-    ax.set_ylim(0, 1.0)
+    if log_scale:
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, 1.0)
+    else:
+        ax.set_ylim(0, 1.0)
     ax.set_ylabel("probability")
     title = f"Q: {question}" if question else "begin/end probabilities"
     if answer is not None:
@@ -133,11 +140,11 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
     return out
 
 
-def explain(reader, question: str, context: str, out: str | Path) -> tuple[dict, Path]:
+def explain(reader, question: str, context: str, out: str | Path, log_scale: bool = False) -> tuple[dict, Path]:
     """Answer, then draw the chart with the predicted span marked; return (the CLI's JSON answer, chart path)."""
     pred = reader.answer(question, context, top_k=1)
     tp = token_probabilities(reader, [question], [context])[0]
     best = None if pred.no_answer else pred.best
     span = (best.start, best.end) if best else None
-    path = plot_probabilities(tp, out, question, span, best.text if best else "")
+    path = plot_probabilities(tp, out, question, span, best.text if best else "", log_scale)
     return pred.to_dict(), path
