@@ -68,7 +68,7 @@ def browser():
         b.close()
 
 
-def test_page_answers_and_draws_the_chart(server, browser):
+def test_page_answers_and_draws_the_chart(browser, server):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -100,7 +100,7 @@ def test_page_answers_and_draws_the_chart(server, browser):
     assert errors == []
 
 
-def test_page_shows_server_errors(server, browser):
+def test_page_shows_server_errors(browser, server):
     page = browser.new_page()
     page.goto(server + "/")
     page.fill("[data-testid=context]", "x" * 20_001)  # over the server's context limit
@@ -110,7 +110,7 @@ def test_page_shows_server_errors(server, browser):
     assert "above the limit" in err.inner_text()
 
 
-def test_docs_render_offline(server, browser):
+def test_docs_render_offline(browser, server):
     page = browser.new_page()
     failed: list[str] = []
     page.on("requestfailed", lambda r: failed.append(r.url))
@@ -119,7 +119,7 @@ def test_docs_render_offline(server, browser):
     assert failed == []
 
 
-def test_page_shows_no_answer(server, browser):
+def test_page_shows_no_answer(browser, server):
     """The no-answer indicator, with the server's reply replaced by one that says no answer."""
     page = browser.new_page()
     page.route("**/v1/answer", lambda route: route.fulfill(json={
