@@ -155,7 +155,7 @@ def add_serve_explain(sub) -> None:
     s.add_argument("--max-batch", type=int, default=d.max_batch, help="items in one request")
     s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
                    help="how long to gather concurrent requests into one forward pass")
-    s.add_argument("--max-batch-items", type=int, default=d.max_batch_items, help="items in one forward pass")
+    s.add_argument("--max-batch-items", type=int, default=d.max_batch_items, help="items gathered into one batch")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)
 

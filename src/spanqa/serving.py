@@ -23,7 +23,7 @@ class ServeConfig:
     max_batch: int = 64  # items in one request
     max_top_k: int = 20
     batch_wait_ms: float = 5.0  # how long the worker waits for more requests before running a batch
-    max_batch_items: int = 64  # items answered in one forward pass
+    max_batch_items: int = 64  # items gathered into one Reader.predict call (one forward pass per predict_batch_size)
     max_queue_items: int = 1024  # beyond this, 503 "busy" rather than unbounded memory
     predict_batch_size: int = 32  # windows per forward pass inside Reader.predict
 
