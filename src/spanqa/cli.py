@@ -79,6 +79,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from spanqa.distributed import rank_from_env
     from spanqa.training import TrainConfig, train
 
     if args.base is None:
@@ -100,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train(cfg)
-    print(json.dumps(summary, indent=2))
+    if rank_from_env() == 0:  # under torchrun, one summary
+        print(json.dumps(summary, indent=2))
     return 0
 
 
