@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from spanqa.batch_answer import answer_file
 from spanqa.cli import main
+from spanqa.data import is_unicode
 from spanqa.errors import SpanqaError
 from spanqa.reader import Reader
 
@@ -108,6 +109,12 @@ def test_cli_answer_on_wild_text(loaded_once, budget):
          top_k=st.integers(-1, 4), as_file=st.booleans())
 
 
+def valid(rec) -> bool:
+    if not isinstance(rec, dict) or isinstance(rec.get("id"), bool) or not isinstance(rec.get("id"), str | int):
+        return False
+    return all(isinstance(rec.get(k), str) and rec[k].strip() and is_unicode(rec[k]) for k in ("question", "context"))
+
+
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_cli_batch_answering_of_wild_lines(tiny_reader, budget):
     record = st.fixed_dictionaries({"id": st.one_of(st.text(max_size=6), st.integers(0, 9), json_values(2)),
@@ -126,14 +133,15 @@ def test_cli_batch_answering_of_wild_lines(tiny_reader, budget):
                 assert not skip_invalid and str(e).startswith(f"{inp}: line ") and "\n" not in str(e)
                 assert not out.exists() or out.read_text() == ""  # found before any answer is written
                 return
-            by_id = {}
-            for raw in inp.read_text(encoding="utf-8", errors="surrogatepass").splitlines():
+            by_id = {}  # the context of the first VALID record of each id
+            for raw in inp.read_text(encoding="utf-8", errors="surrogatepass").split("\n"):
                 try:
                     rec = json.loads(raw)
-                    by_id.setdefault(rec["id"], rec["context"])
-                except (ValueError, TypeError, KeyError):
+                except ValueError:
                     continue
-            rows = [json.loads(r) for r in out.read_text(encoding="utf-8").splitlines()]
+                if valid(rec):
+                    by_id.setdefault(rec["id"], rec["context"])
+            rows = [json.loads(r) for r in out.read_text(encoding="utf-8").splitlines()]  # any line reader
             assert len(rows) == stats.answered == len({r["id"] for r in rows})
             for r in rows:
                 for a in r["answers"]:

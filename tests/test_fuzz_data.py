@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,9 +67,12 @@ def check_load(path: Path) -> None:
                 assert ex.context[a.start : a.end] == a.text
 
 
+_DIR = Path(tempfile.mkdtemp(prefix="spanqa-fuzz-"))  # one folder, files overwritten input after input
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
+
+
 def _write(suffix: str, payload: bytes, gz: bool) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="spanqa-fuzz-"))
-    path = d / ("data" + suffix + (".gz" if gz else ""))
+    path = _DIR / ("data" + suffix + (".gz" if gz else ""))
     path.write_bytes(gzip.compress(payload) if gz else payload)
     return path
 
@@ -110,3 +115,43 @@ def test_random_bytes(budget):
          payload=st.one_of(st.binary(max_size=200), valid, st.just(b"[" * 3000)),
          suffix=st.sampled_from([".json", ".jsonl", ".txt"]), gz=st.booleans(), cut=st.integers(0, 3),
          flip=st.none() | st.tuples(st.integers(0, 10**6), st.integers(1, 255)))
+
+
+@st.composite
+def valid_examples(draw):
+    """Valid questions on wild text, each with an answer sliced from its context."""
+    out = []
+    for i in range(draw(st.integers(1, 4))):
+        context = draw(wild_text().filter(lambda t: t.strip()))
+        question = draw(wild_text(10).filter(lambda t: t.strip()))
+        start = draw(st.integers(0, len(context) - 1))
+        end = draw(st.integers(start + 1, min(len(context), start + 40)))
+        answer = context[start:end]
+        if not answer.strip():
+            answer, start = None, None  # an unanswerable question
+        out.append((f"q{i}", question, context, answer, start))
+    return out
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_valid_records_load_exactly(budget):
+    def prop(examples, ascii_only, squad_layout):
+        if squad_layout:
+            qas = [{"id": q, "question": qu, "answers": [] if a is None else [{"text": a, "answer_start": s}],
+                    "is_impossible": a is None} for q, qu, _, a, s in examples]
+            paras = [{"context": c, "qas": [qa]} for (_, _, c, _, _), qa in zip(examples, qas, strict=True)]
+            payload = json.dumps({"version": "v2.0", "data": [{"paragraphs": paras}]}, ensure_ascii=ascii_only)
+            path = _write(".json", payload.encode("utf-8"), gz=False)
+        else:
+            gold = [{"text": [], "answer_start": []} if a is None else {"text": [a], "answer_start": [s]}
+                    for _, _, _, a, s in examples]
+            lines = [json.dumps({"id": q, "question": qu, "context": c, "answers": g}, ensure_ascii=ascii_only)
+                     for (q, qu, c, _, _), g in zip(examples, gold, strict=True)]
+            path = _write(".jsonl", "\n".join(lines).encode("utf-8"), gz=False)
+        data = load_dataset(path)
+        got = [(ex.id, ex.question, ex.context, ex.answers[0].text if ex.answers else None,
+                ex.answers[0].start if ex.answers else None) for ex in data.examples]
+        assert got == examples
+
+    fuzz("data: valid records load exactly", budget, prop, examples=valid_examples(), ascii_only=st.booleans(),
+         squad_layout=st.booleans())

@@ -159,8 +159,13 @@ def recover_output(path: Path) -> tuple[set, bool]:
     return done, partial
 
 
+# Characters some line readers (Python's str.splitlines among them) take as line breaks; json.dumps keeps
+# them raw with ensure_ascii=False, so they are escaped to keep one answer per line for every reader.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _write_chunk(out, ids: list, preds: list, top_k: int) -> None:
-    lines = [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False) + "\n"
+    lines = [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
              for qid, p in zip(ids, preds, strict=True)]
     out.write("".join(lines))
     out.flush()

@@ -218,7 +218,8 @@ def _load_squad(data: Any, col: _Collector) -> str:
 
 
 def _load_jsonl(text: str, col: _Collector) -> None:
-    for n, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split inside strings holding U+2028 or U+0085
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"line {n}"
