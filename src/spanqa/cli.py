@@ -65,6 +65,9 @@ def cmd_answer_file(args: argparse.Namespace) -> int:
     for name in ("top_k", "batch_size", "chunk"):
         if getattr(args, name) < 1:
             raise SpanqaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    from spanqa.serving import limit_heap_growth
+
+    limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
     reader = Reader.load(args.model, device=args.device)
     stats = answer_file(reader, args.input, args.output, top_k=args.top_k, chunk=args.chunk,
                         batch_size=args.batch_size, skip_invalid=args.skip_invalid, progress=not args.no_progress)
