@@ -70,3 +70,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     path = tmp_path_factory.mktemp("tiny_model")
     r.save(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many inputs each property-based test tried (tests/fuzzing.py counts them)."""
+    import sys
+
+    fuzzing = sys.modules.get("fuzzing")
+    if fuzzing is None or not fuzzing.COUNTS:
+        return
+    terminalreporter.section("fuzz inputs tried")
+    for name, n in sorted(fuzzing.COUNTS.items()):
+        terminalreporter.write_line(f"{n:8d}  {name}")
+    terminalreporter.write_line(f"{sum(fuzzing.COUNTS.values()):8d}  in all")

@@ -21,7 +21,7 @@ def _read_context_file(path: str) -> str:
     if p.is_dir():
         raise SpanqaError(f"{p}: is a directory, expected a text file")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_bytes().decode("utf-8")  # as stored: no newline translation, so offsets index the file
     except UnicodeDecodeError as e:
         raise SpanqaError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -29,6 +29,10 @@ def _read_context_file(path: str) -> str:
 def cmd_answer(args: argparse.Namespace) -> int:
     from spanqa.reader import Reader
 
+    if args.input is not None or args.output is not None:
+        return cmd_answer_file(args)
+    if args.question is None or (args.context is None and args.context_file is None):
+        raise SpanqaError("give --question and --context (or --context-file), or --input FILE --output FILE")
     context = args.context if args.context is not None else _read_context_file(args.context_file)
     if not args.question.strip():
         raise SpanqaError("--question is empty")
@@ -46,6 +50,34 @@ def cmd_answer(args: argparse.Namespace) -> int:
         for a in pred.answers[: args.top_k]:
             line = a.text if args.top_k == 1 else f"{a.score:.4f}\t{a.text}"
             print(line)
+    return 0
+
+
+# ---- batch answering: `spanqa answer --input questions.jsonl --output answers.jsonl` -------------------------
+def cmd_answer_file(args: argparse.Namespace) -> int:
+    from spanqa.batch_answer import answer_file
+    from spanqa.reader import Reader
+
+    if args.input is None or args.output is None:
+        raise SpanqaError("--input and --output go together")
+    if args.question is not None or args.context is not None or args.context_file is not None:
+        raise SpanqaError("--input answers the questions of a file; do not also give --question/--context")
+    for name in ("top_k", "batch_size", "chunk"):
+        if getattr(args, name) < 1:
+            raise SpanqaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    from spanqa.serving import limit_heap_growth
+
+    limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
+    reader = Reader.load(args.model, device=args.device)
+    stats = answer_file(reader, args.input, args.output, top_k=args.top_k, chunk=args.chunk,
+                        batch_size=args.batch_size, skip_invalid=args.skip_invalid, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+    else:
+        note = " (cut a partial last line and answered it again)" if stats.recovered_partial_line else ""
+        print(f"spanqa: answered {stats.answered} question(s) in {stats.seconds:.1f}s "
+              f"({stats.questions_per_second:.1f}/s); {stats.already_done} already in {args.output}, "
+              f"{sum(stats.invalid.values())} invalid line(s) skipped{note}", file=sys.stderr)
     return 0
 
 
@@ -79,6 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from spanqa.distributed import rank_from_env
     from spanqa.training import TrainConfig, train
 
     if args.base is None:
@@ -100,7 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train(cfg)
-    print(json.dumps(summary, indent=2))
+    if rank_from_env() == 0:  # under torchrun, one summary
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -178,13 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("answer", help="answer a question from a context")
     a.add_argument("--model", help="saved reader directory (default: the model shipped with spanqa)")
-    a.add_argument("--question", required=True)
-    src = a.add_mutually_exclusive_group(required=True)
+    a.add_argument("--question")
+    src = a.add_mutually_exclusive_group()
     src.add_argument("--context")
     src.add_argument("--context-file")
     a.add_argument("--top-k", type=int, default=1)
     a.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool}')
     a.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    # batch answering of a JSONL file (streaming, resumable)
+    a.add_argument("--input", help='JSONL of {"id", "question", "context"} lines (.gz ok): answer them all')
+    a.add_argument("--output", help="with --input: the answers JSONL; running again resumes it")
+    a.add_argument("--skip-invalid", action="store_true", help="with --input: count and skip bad lines")
+    a.add_argument("--batch-size", type=int, default=32, help="with --input: windows per forward pass")
+    a.add_argument("--chunk", type=int, default=512, help="with --input: questions read and written at a time")
+    a.add_argument("--no-progress", action="store_true")
     a.set_defaults(func=cmd_answer)
 
     e = sub.add_parser("evaluate", help="official SQuAD EM/F1 plus per-head diagnostics")

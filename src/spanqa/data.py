@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,18 @@ def _need_str(value: Any, field_name: str, allow_empty: bool = False) -> str:
         raise _Invalid(field_name, f"must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
         raise _Invalid(field_name, "is empty")
+    if not is_unicode(value):
+        raise _Invalid(field_name, "is not valid Unicode (it holds a lone surrogate, e.g. a JSON \\udc80 escape)")
     return value
+
+
+def is_unicode(text: str) -> bool:
+    """False for strings with lone surrogates, which JSON escapes can produce and tokenizers reject."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _need_int(value: Any, field_name: str) -> int:
@@ -103,7 +115,7 @@ def _read_text(path: Path) -> str:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 return f.read()
         return path.read_text(encoding="utf-8")
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged gzip data
         raise DataError(f"{path}: cannot read: {e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -167,7 +179,8 @@ def _load_squad(data: Any, col: _Collector) -> str:
             try:
                 context = _need_str(para.get("context"), "context")
             except _Invalid as e:
-                for _ in para.get("qas") or [None]:
+                qas = para.get("qas")
+                for _ in range(len(qas) if isinstance(qas, list) and qas else 1):  # one failure per question
                     col.fail(where_p, e.field_name, e.reason)
                 continue
             qas = para.get("qas")
@@ -205,7 +218,8 @@ def _load_squad(data: Any, col: _Collector) -> str:
 
 
 def _load_jsonl(text: str, col: _Collector) -> None:
-    for n, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split inside strings holding U+2028 or U+0085
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"line {n}"
@@ -213,6 +227,9 @@ def _load_jsonl(text: str, col: _Collector) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             col.fail(where, "line", f"is not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        except RecursionError:
+            col.fail(where, "line", "is nested too deeply")
             continue
         if not isinstance(rec, dict):
             col.fail(where, "line", "is not a JSON object")
@@ -249,6 +266,8 @@ def load_dataset(path: str | Path, skip_invalid: bool = False) -> Dataset:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        except RecursionError:
+            raise DataError(f"{path}: malformed JSON: nested too deeply") from None
         declared = _load_squad(data, col).lstrip("v")
         v2 = declared.startswith("2") or any(e.is_impossible for e in col.examples)
         version = "v2.0" if v2 else "v1.1"

@@ -9,6 +9,11 @@ import torch.nn.functional as F
 
 
 def span_loss(
-    begin_logits: torch.Tensor, end_logits: torch.Tensor, begin_gold: torch.Tensor, end_gold: torch.Tensor
+    begin_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    begin_gold: torch.Tensor,
+    end_gold: torch.Tensor,
+    reduction: str = "mean",  # "sum": the trainer divides by the windows of the whole (global) step
 ) -> torch.Tensor:
-    return 0.5 * (F.cross_entropy(begin_logits, begin_gold) + F.cross_entropy(end_logits, end_gold))
+    return 0.5 * (F.cross_entropy(begin_logits, begin_gold, reduction=reduction)
+                  + F.cross_entropy(end_logits, end_gold, reduction=reduction))

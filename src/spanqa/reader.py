@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spanqa.batching import collate, length_grouped_batches
+from spanqa.data import is_unicode
 from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, log_probs, merge_windows
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import FormatConfig, Window, check_settings, make_windows
@@ -191,15 +192,20 @@ class Reader:
     ) -> list[Prediction]:
         """Answer many questions; windows of all questions are batched together, sorted by length."""
         for name, values in (("question", questions), ("context", contexts)):
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+                raise ConfigError(f"{name}s must be a list of strings, got {type(values).__name__}")
             for v in values:
                 if not isinstance(v, str):
                     raise ConfigError(f"{name} must be a string, got {type(v).__name__}")
                 if not v.strip():
                     raise ConfigError(f"{name} is empty")
+                if not is_unicode(v):
+                    raise ConfigError(f"{name} is not valid Unicode (it holds a lone surrogate)")
         if len(questions) != len(contexts):
             raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
-        if top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        for name, v in (("top_k", top_k), ("batch_size", batch_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
         out: list[Prediction] = []
         bar = None
         if progress:

@@ -7,7 +7,11 @@ still anneals its learning rate to zero.
 
 Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the step, the data position and the
 RNG states, all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment
-leaves the last good checkpoint. `resume=True` continues from it.
+leaves the last good checkpoint. `resume=True` continues from it, and the resumed run ends with the same
+weights as an uninterrupted one (same seed; without a time budget, whose schedule follows the clock).
+
+Under `torchrun` the loop runs data-parallel (see distributed.py): `batch_size` is the global micro-batch,
+so the same flags train the same model on any number of processes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import random
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from spanqa import distributed
 from spanqa.batching import collate, length_grouped_batches
 from spanqa.data import load_dataset
 from spanqa.decoding import DecodeConfig
@@ -116,7 +122,8 @@ def lr_factor(step: int, total_steps: int, elapsed: float, budget_s: float | Non
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
-def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state: dict) -> None:
+def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state: dict,
+                    rng: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     final = out / CHECKPOINT
@@ -124,9 +131,7 @@ def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state
     old = out / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     reader.save(tmp)
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors = dict(rng)
     for i, s in opt.state_dict()["state"].items():
         for k, v in s.items():
             tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -170,6 +175,20 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
     opt.load_state_dict(sd)
 
 
+# Settings that fix the data order and the windows: a checkpoint can only continue a run that agrees on them.
+RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_seq_len", "doc_stride",
+                     "max_question_len")
+
+
+def _check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
+    now = asdict(cfg)
+    for k in RESUME_MUST_MATCH:
+        if k in saved and saved[k] != now[k]:
+            flag = "--" + k.replace("_", "-")
+            raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
+                              f"{now[k]}; resume with the same data settings, or choose another --out")
+
+
 # ---- the loop -------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
@@ -177,8 +196,12 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise ConfigError("batch_size and grad_accum must be at least 1")
+    env, device_name = distributed.init(cfg.device)
+    if cfg.batch_size < env.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global micro-batch and must be at least the "
+                          f"number of processes ({env.world})")
     ckpt = find_checkpoint(out) if cfg.resume else None
-    if cfg.resume and ckpt is None:
+    if cfg.resume and ckpt is None and env.main:
         print(f"spanqa: no checkpoint in {out}; starting a new run", file=sys.stderr)
     if not cfg.resume and find_checkpoint(out) is not None:
         raise ConfigError(
@@ -194,7 +217,8 @@ def train(cfg: TrainConfig) -> dict:
         examples = [examples[i] for i in sorted(pick)]
 
     if ckpt is not None:
-        reader, state, tensors = load_checkpoint(ckpt, cfg.device)
+        reader, state, tensors = load_checkpoint(ckpt, device_name)
+        _check_resumable(ckpt, state.get("config", {}), cfg)
     else:
         rc = ReaderConfig(
             format=FormatConfig(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_len),
@@ -203,12 +227,12 @@ def train(cfg: TrainConfig) -> dict:
         )
         if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
             # continue from a saved reader (heads included), e.g. the shipped default model
-            reader = Reader.load(None if cfg.base == "default" else cfg.base, device=cfg.device)
+            reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device_name)
             reader.config = replace(reader.config, format=rc.format,
                                     decode=replace(reader.config.decode, allow_no_answer=data.has_unanswerable))
             check_settings(rc.format, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
         else:
-            reader = Reader.from_base(cfg.base, rc, device=cfg.device)
+            reader = Reader.from_base(cfg.base, rc, device=device_name)
         state, tensors = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0}, {}
     model = reader.model
     if cfg.freeze_word_embeddings:
@@ -239,14 +263,22 @@ def train(cfg: TrainConfig) -> dict:
     opt = _optimizer(reader, cfg)
     if tensors:
         _restore_optimizer(opt, tensors)
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+        if not distributed.restore_rng(tensors, env):
+            torch.manual_seed(cfg.seed + 1000 * env.rank + state["step"])
+            print(f"spanqa: rank {env.rank}: the checkpoint has no RNG state for this rank (it was written with "
+                  "fewer processes); dropout continues from a new seed", file=sys.stderr)
+    elif env.rank > 0:
+        torch.manual_seed(cfg.seed + 1000 * env.rank)  # own dropout masks per rank (rank 0 as a single process)
+    net = distributed.wrap(model, env)
+    forward = torch.compile(net, dynamic=True) if cfg.compile else net
     out.mkdir(parents=True, exist_ok=True)
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}
-    _log(
-        out,
+
+    def log(record: dict) -> None:
+        if env.main:
+            _log(out, record)
+
+    log(
         {
             "event": "start",
             "examples": len(examples),
@@ -254,6 +286,7 @@ def train(cfg: TrainConfig) -> dict:
             "format_seconds": round(t_fmt, 1),
             "total_steps": total_steps,
             "resumed_at": state["step"],
+            "world_size": env.world,
             "config": recipe,
         },
     )
@@ -263,7 +296,7 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(
         total=total_steps,
         initial=state["step"],
-        disable=not cfg.progress,
+        disable=not (cfg.progress and env.main),
         dynamic_ncols=True,
         desc="train",
         file=sys.stderr,
@@ -275,7 +308,7 @@ def train(cfg: TrainConfig) -> dict:
     padded, flops = state.get("padded_tokens", 0), state.get("matmul_flops", 0.0)
     epoch, batch_pos = state["epoch"], state["batch_in_epoch"]
     window_tokens, window_time = 0, 0.0
-    model.train()
+    net.train()
     done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
     device = reader.device
     amp = device.type == "cuda"
@@ -284,28 +317,36 @@ def train(cfg: TrainConfig) -> dict:
         while batch_pos < len(order) and not done:
             t0 = time.perf_counter()
             group = order[batch_pos : batch_pos + cfg.grad_accum]
-            n_tok, loss_sum, n_pad = 0, 0.0, 0
-            for idx in group:
-                batch = collate([windows[i] for i in idx], pad, with_labels=True)
+            n_step = sum(len(idx) for idx in group)  # the loss is the mean over the step's (global) windows
+            n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
+            for m, idx in enumerate(group):
+                mine, weight = distributed.shard(idx, env)
+                batch = collate([windows[i] for i in mine], pad, with_labels=True)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    b, e = forward(
-                        batch["input_ids"], batch["attention_mask"], batch["span_mask"], batch["token_type_ids"]
-                    )
-                loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"]) / len(group)
-                loss.backward()
+                last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
+                with net.no_sync() if env.active and not last else nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        b, e = forward(
+                            batch["input_ids"], batch["attention_mask"], batch["span_mask"], batch["token_type_ids"]
+                        )
+                    loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"], reduction="sum")
+                    loss = loss * (weight * env.world / n_step)
+                    loss.backward()
                 loss_sum += loss.detach()
-                n_tok += int(batch["attention_mask"].sum())
+                n_tok += int(batch["attention_mask"].sum()) * int(weight)
                 n_pad += batch["input_ids"].numel()
-                flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
+                n_flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             f = lr_factor(step, total_steps, elapsed, budget_s, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * f
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_val = float(loss_sum)
-            dt = time.perf_counter() - t0
+            loss_val, n_tok, n_pad, n_flops, dt = distributed.sum_across(
+                [float(loss_sum), n_tok, n_pad, n_flops, time.perf_counter() - t0], env, device
+            )
+            loss_val, n_tok, n_pad, dt = loss_val / env.world, int(n_tok), int(n_pad), dt / env.world  # same on all
+            flops += n_flops
             step += 1
             batch_pos += len(group)
             elapsed += dt
@@ -317,8 +358,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{window_tokens / max(window_time, 1e-9):.0f}")
             if step % cfg.log_every == 0:
-                _log(
-                    out,
+                log(
                     {
                         "step": step,
                         "loss": round(loss_val, 4),
@@ -336,11 +376,14 @@ def train(cfg: TrainConfig) -> dict:
                 if epoch >= math.ceil(cfg.epochs) and not cfg.max_steps:
                     done = True
             if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
-                _log(out, {"step": step, "event": "eval", **dev_metrics})
-                bar.write(f"step {step}: dev EM {dev_metrics['exact_match']:.1f} F1 {dev_metrics['f1']:.1f}")
-                model.train()
+                if env.main:
+                    dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
+                    log({"step": step, "event": "eval", **dev_metrics})
+                    bar.write(f"step {step}: dev EM {dev_metrics['exact_match']:.1f} F1 {dev_metrics['f1']:.1f}")
+                distributed.barrier(env)
+                net.train()
             if cfg.save_every and step % cfg.save_every == 0 or done:
+                rng = distributed.rng_states(env)  # every rank takes part; rank 0 writes
                 st = {
                     "step": step,
                     "epoch": epoch,
@@ -351,9 +394,11 @@ def train(cfg: TrainConfig) -> dict:
                     "matmul_flops": flops,
                     "loss_ema": loss_ema,
                     "total_steps": total_steps,
+                    "world_size": env.world,
                     "config": recipe,
                 }
-                save_checkpoint(out, reader, opt, st)
+                if env.main:
+                    save_checkpoint(out, reader, opt, st, rng)
     bar.close()
     model.eval()
     summary = {
@@ -368,7 +413,11 @@ def train(cfg: TrainConfig) -> dict:
         "loss_ema": loss_ema,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "world_size": env.world,
     }
+    if not env.main:
+        distributed.shutdown(env)
+        return summary
     if dev is not None:
         dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
         summary["dev"] = {
@@ -378,7 +427,8 @@ def train(cfg: TrainConfig) -> dict:
         }
     reader.config = replace(reader.config, training={"recipe": recipe, "summary": summary})
     reader.save(out)
-    _log(out, {"event": "end", **summary})
+    log({"event": "end", **summary})
+    distributed.shutdown(env)
     return summary
 
 

@@ -1,0 +1,226 @@
+"""Answer a large JSONL file of questions: streaming, bounded memory, resumable.
+
+    spanqa answer --input questions.jsonl --output answers.jsonl
+
+Input lines are `{"id", "question", "context"}` (the Hugging Face layout works too: other fields such as
+"answers" or "title" are ignored); `.gz` is read as gzip. Output lines are `{"id", "answers": [...],
+"no_answer"}`, in input order.
+
+Memory is bounded: records are read and answered `chunk` at a time, and only the ids are kept (to skip the
+answered ones and catch duplicates). Each chunk's lines are appended, flushed and fsynced before the next
+chunk, so a killed run loses at most one chunk. Re-running the same command resumes: ids already in the
+output are skipped, and a partial last line (the process was killed mid-write) is cut off and its question
+answered again. A first pass validates every line, so a bad line is reported (file, line, field) before any
+work, or, with `skip_invalid`, counted and skipped; that pass also sizes the progress bar.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spanqa.data import _Invalid, _need_str
+from spanqa.errors import DataError
+from spanqa.reader import Reader
+
+
+@dataclass
+class BatchStats:
+    answered: int = 0  # by this run
+    already_done: int = 0  # found in the output and skipped
+    recovered_partial_line: bool = False
+    invalid: Counter = field(default_factory=Counter)  # reason -> count (with skip_invalid)
+    seconds: float = 0.0
+
+    @property
+    def questions_per_second(self) -> float:
+        return self.answered / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return {"answered": self.answered, "already_done": self.already_done, "invalid": dict(self.invalid),
+                "recovered_partial_line": self.recovered_partial_line, "seconds": round(self.seconds, 2),
+                "questions_per_second": round(self.questions_per_second, 2)}
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+Record = tuple[str | int, str, str]  # id, question, context
+
+
+def _parse(raw: bytes) -> Record | None:
+    """One input line -> (id, question, context); None for a blank line; _Invalid names the bad field."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Invalid("line", f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise _Invalid("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise _Invalid("line", "is nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise _Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
+    qid = rec.get("id")
+    if qid is None:
+        raise _Invalid("id", "is missing")
+    if isinstance(qid, bool) or not isinstance(qid, str | int):
+        raise _Invalid("id", f"must be a string or an integer, got {type(qid).__name__}")
+    return qid, _need_str(rec.get("question"), "question"), _need_str(rec.get("context"), "context")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a .jsonl file")
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            yield from enumerate(f, start=1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _records(path: Path, skip_lines: set[int]) -> Iterator[tuple[int, Record]]:
+    """The valid records, in order; `skip_lines` holds the invalid and duplicate ones the scan found."""
+    for n, raw in _lines(path):
+        if n not in skip_lines:
+            rec = _parse(raw)
+            if rec is not None:
+                yield n, rec
+
+
+def _scan(path: Path, done: set, skip_invalid: bool, stats: BatchStats) -> tuple[int, set[int]]:
+    """Validate every line; return how many questions are left to answer and the lines to skip."""
+    seen: set = set()
+    skip: set[int] = set()
+    todo = 0
+
+    def bad(n: int, field_name: str, reason: str) -> None:
+        if not skip_invalid:
+            raise DataError(f"{path}: line {n}: field '{field_name}' {reason} (use --skip-invalid to skip bad "
+                            "lines)")
+        stats.invalid[f"{field_name} {reason.split(' (')[0]}"] += 1
+        skip.add(n)
+
+    for n, raw in _lines(path):
+        try:
+            rec = _parse(raw)
+        except _Invalid as e:
+            bad(n, e.field_name, e.reason)
+            continue
+        if rec is None:
+            continue
+        qid = rec[0]
+        if qid in seen:
+            bad(n, "id", f"{qid!r} is used twice")
+            continue
+        seen.add(qid)
+        if qid in done:
+            stats.already_done += 1
+        else:
+            todo += 1
+    return todo, skip
+
+
+# ---- the output, and resuming it ----------------------------------------------------------------------------
+def recover_output(path: Path) -> tuple[set, bool]:
+    """The ids already answered in `path`; a partial last line (a kill mid-write) is cut off. Returns
+    (ids, whether a partial line was cut)."""
+    if not path.exists():
+        return set(), False
+    done: set = set()
+    good = 0  # bytes of complete lines
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                break  # the last line, unfinished: answered again below
+            try:
+                rec = json.loads(raw)
+                qid = rec["id"]
+                hash(qid)
+            except (ValueError, TypeError, KeyError, RecursionError):
+                raise DataError(f"{path}: line {n} is not an answer line written by `spanqa answer --input`; "
+                                "choose another --output (or move this file away)") from None
+            done.add(qid)
+            good += len(raw)
+    partial = good < path.stat().st_size
+    if partial:
+        os.truncate(path, good)
+    return done, partial
+
+
+# Characters some line readers (Python's str.splitlines among them) take as line breaks; json.dumps keeps
+# them raw with ensure_ascii=False, so they are escaped to keep one answer per line for every reader.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _write_chunk(out, ids: list, preds: list, top_k: int) -> None:
+    lines = [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+             for qid, p in zip(ids, preds, strict=True)]
+    out.write("".join(lines))
+    out.flush()
+    os.fsync(out.fileno())
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+def answer_file(
+    reader: Reader,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    top_k: int = 1,
+    chunk: int = 512,
+    batch_size: int = 32,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> BatchStats:
+    """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
+    inp, outp = Path(input_path), Path(output_path)
+    if chunk < 1 or batch_size < 1 or top_k < 1:
+        raise DataError("chunk, batch_size and top_k must be at least 1")
+    if outp.exists() and inp.exists() and outp.resolve() == inp.resolve():
+        raise DataError(f"{outp}: the output would overwrite the input; choose another --output")
+    t0 = time.perf_counter()
+    stats = BatchStats()
+    done, stats.recovered_partial_line = recover_output(outp)
+    todo, skip = _scan(inp, done, skip_invalid, stats)
+
+    from tqdm.auto import tqdm
+
+    outp.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=todo, unit="q", desc="answer", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    with open(outp, "a", encoding="utf-8") as out:
+        ids: list = []
+        questions: list[str] = []
+        contexts: list[str] = []
+
+        def flush() -> None:
+            preds = reader.predict(questions, contexts, top_k=top_k, batch_size=batch_size)
+            _write_chunk(out, ids, preds, top_k)
+            stats.answered += len(ids)
+            bar.update(len(ids))
+            for buf in (ids, questions, contexts):
+                buf.clear()
+
+        for _, (qid, question, context) in _records(inp, skip):
+            if qid in done:
+                continue
+            ids.append(qid)
+            questions.append(question)
+            contexts.append(context)
+            if len(ids) == chunk:
+                flush()
+        if ids:
+            flush()
+    bar.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats
