@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from test_roberta_and_v2 import CORPUS, roberta_tokenizer  # noqa: F401  (a fixture, used by name)
 
 from spanqa.formatting import FormatConfig, make_windows
 from spanqa.streaming import iter_windows
@@ -102,3 +103,19 @@ def test_token_budget_batches():
         assert len(b) <= 32 and (len(b) * longest <= 2048 or len(b) == 1)
         assert lengths[b[0]] == longest  # longest first: the padded length
     assert [len(b) for b in batches[:2]] == [5, 5] and len(batches[2]) == 20
+
+
+def test_same_windows_with_a_byte_level_bpe_tokenizer(roberta_tokenizer):  # noqa: F811
+    """RoBERTa-style: </s></s> between the segments, no segment ids, zero-width lone-space tokens."""
+    tok = roberta_tokenizer
+    qs = ["Who jumps?", "What is over the dog?"]
+    cs = [" ".join(CORPUS) + "  double  spaces ", " ".join(CORPUS) * 4]
+    cfg = FormatConfig(max_seq_len=40, doc_stride=10, max_question_len=8)
+    with pytest.warns(UserWarning, match="truncated"):
+        ref = make_windows(tok, qs, cs, cfg)
+    with pytest.warns(UserWarning, match="truncated"):
+        got = list(iter_windows(tok, qs, cs, cfg))
+    assert len(got) == len(ref) > len(qs)
+    for a, b in zip(ref, got, strict=True):
+        for f in FIELDS:
+            assert np.array_equal(getattr(a, f), getattr(b, f)), (f, a.example_index)

@@ -246,7 +246,9 @@ class Reader:
         while chunk := list(itertools.islice(stream, self.chunk_windows)):
             for w, (s, b, e, null) in zip(chunk, self._score_windows(chunk, top_k, batch_size), strict=True):
                 kept = w if keep_windows else None
-                parts.setdefault(w.example_index, []).append((s, b, e, w.offsets[b, 0], w.offsets[e, 1], null, kept))
+                last = len(w) - 1  # slots with score -inf (fewer valid spans than k) may point into the padding
+                cs, ce = w.offsets[np.minimum(b, last), 0], w.offsets[np.minimum(e, last), 1]
+                parts.setdefault(w.example_index, []).append((s, b, e, cs, ce, null, kept))
             # windows come in question order: every question before the chunk's last one is complete
             while len(out) < chunk[-1].example_index:
                 out.append(self._merge(contexts[len(out)], parts.pop(len(out)), top_k))
