@@ -11,7 +11,8 @@ What runs, each system in a fresh process of its own (so peak RSS is its own):
 The linear-head twin is the default encoder with linear heads fitted to imitate the MLP heads
 (benchmarks/linear_heads.py); it is built on first run when absent.
 
-Measures: questions/s at the best batch size (best of --repeats passes), p50/p99 latency of single questions, peak
+Measures: questions/s at the best batch size (pipeline: questions per batch; spanqa: padded tokens per batch, over
+windows sorted by length; best of --repeats passes), p50/p99 latency of single questions, peak
 RSS, F1 on the same questions; a long-document case (whole dev articles as contexts, 5,000+ tokens); the fp32
 matmul ceiling (torch GEMMs of the encoder's shapes, the best GFLOP/s) and each engine's forward GFLOP/s (counted
 FLOPs of the padded batches over the time inside `Reader.logits`); `spanqa answer` cold start per engine. The
@@ -141,14 +142,15 @@ def spanqa_worker(args) -> None:
     reader.logits = timed_logits
     qs, cs = data["questions"], data["contexts"]
 
-    def run(q, c, bs):
+    def run(q, c, budget):
         for k in stats:
             stats[k] = 0.0
+        reader.max_batch_tokens = budget  # padded tokens per batch: the batch size that binds
         t = time.perf_counter()
-        preds = reader.predict(q, c, top_k=1, batch_size=bs)
+        preds = reader.predict(q, c, top_k=1, batch_size=1024)
         return time.perf_counter() - t, [p.best.text if p.best else "" for p in preds], dict(stats)
 
-    run(qs[:16], cs[:16], 16)  # warm-up
+    run(qs[:16], cs[:16], 4096)  # warm-up
     n = args.sweep_questions
     sweep = {bs: n / run(qs[:n], cs[:n], bs)[0] for bs in args.batch_sizes} if len(args.batch_sizes) > 1 else {}
     best = max(sweep, key=sweep.get) if sweep else args.batch_sizes[0]
@@ -224,8 +226,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--engines", default=",".join(ENGINES))
-    p.add_argument("--pipeline-batch-sizes", default="1,4,8,16,32")
-    p.add_argument("--batch-sizes", default="16,32,64,128", help="spanqa batch sizes to sweep")
+    p.add_argument("--pipeline-batch-sizes", default="4,8,16,32")
+    p.add_argument("--batch-sizes", default="2048,4096,8192",
+                   help="spanqa batch sizes to sweep, in padded tokens per batch (Reader.max_batch_tokens)")
     p.add_argument("--hf-python", default="/work/venv-hf457/bin/python",
                    help="python of a venv with torch and transformers==4.57.6")
     p.add_argument("--skip-default-model", action="store_true", help="skip the default-model (MLP) rows")
@@ -356,7 +359,7 @@ def _cpu_name() -> str:
 
 
 def print_table(report: dict) -> None:
-    head = (f"{'system':18s} {'weights':14s} {'batch':>5s} {'q/s':>7s} {'x pipe':>6s} {'F1':>6s} {'dF1':>6s} "
+    head = (f"{'system':18s} {'weights':14s} {'batch':>6s} {'q/s':>7s} {'x pipe':>6s} {'F1':>6s} {'dF1':>6s} "
             f"{'p50 ms':>7s} {'p99 ms':>7s} {'RSS MB':>7s} {'long q/s':>8s} {'x pipe':>6s} {'long F1':>7s} "
             f"{'GFLOP/s':>7s} {'ceil%':>5s}")
     print(head)
@@ -364,10 +367,12 @@ def print_table(report: dict) -> None:
         dF1 = r["f1_vs_pipeline"] if r["f1_vs_pipeline"] is not None else r["f1_vs_torch_fp32"]
         gf = f"{r['forward_gflops']:7.0f}" if r.get("forward_gflops") else f"{'':7s}"
         ce = f"{100 * r['forward_share_of_ceiling']:5.0f}" if r.get("forward_share_of_ceiling") else f"{'':5s}"
-        print(f"{r['system']:18s} {r['weights']:14s} {r['batch_size']:5d} {r['questions_per_second']:7.1f} "
+        batch = f"{r['batch_size']}" if r["system"] == "hf-pipeline" else f"{r['batch_size']}t"
+        print(f"{r['system']:18s} {r['weights']:14s} {batch:>6s} {r['questions_per_second']:7.1f} "
               f"{r['speedup_vs_pipeline']:6.2f} {r['f1']:6.2f} {dF1:+6.2f} {r['latency_p50_ms']:7.1f} "
               f"{r['latency_p99_ms']:7.1f} {r['peak_rss_mb']:7.0f} {r['long_questions_per_second']:8.2f} "
               f"{r['long_speedup_vs_pipeline']:6.2f} {r['long_f1']:7.2f} {gf} {ce}")
+    print("batch: questions per batch (pipeline), padded tokens per batch (spanqa)")
     print("dF1: against the pipeline on the same weights; for default-model rows, against torch on the default model")
     c = report["matmul_ceiling"]
     print(f"fp32 matmul ceiling (driver) {c['gflops']:.0f} GFLOP/s; each engine row's ceil% uses the ceiling its own "
