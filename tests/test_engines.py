@@ -110,3 +110,15 @@ def test_cli_engine_and_onnx_export(tiny_model_dir, tmp_path, monkeypatch, capsy
     assert (out / "model.onnx").stat().st_size > 0 and (out / "tokenizer.json").exists()
     assert main(["export", "--model", str(tiny_model_dir), "--format", "hf", "--int8", "--out", str(out)]) == 2
     assert "--int8" in capsys.readouterr().err
+
+
+def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from spanqa.engines import check_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'spanqa\[onnx\]'"):
+        check_engine("onnx-int8")
+    assert check_engine("torch") == "torch"

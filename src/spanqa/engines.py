@@ -43,7 +43,17 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "torch":
+        need_onnx()
     return engine
+
+
+def need_onnx() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"the ONNX engines and export need {' and '.join(missing)}: pip install 'spanqa[onnx]'")
 
 
 # ---- the runtime ---------------------------------------------------------------------------------------------------
@@ -171,6 +181,7 @@ def export_onnx(model: SpanReader, out: str | Path, int8: bool = False, opset: i
                 extra: dict | None = None) -> dict:
     """Write `out/model.onnx` (fused for ORT, optionally int8) and `out/export.json` (with `extra`); return the
     latter."""
+    need_onnx()
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
