@@ -105,11 +105,12 @@ def test_token_budget_batches():
     assert [len(b) for b in batches[:2]] == [5, 5] and len(batches[2]) == 20
 
 
-def test_same_windows_with_a_byte_level_bpe_tokenizer(roberta_tokenizer):  # noqa: F811
+def test_same_windows_with_a_byte_level_bpe_tokenizer(roberta_tokenizer, monkeypatch):  # noqa: F811
     """RoBERTa-style: </s></s> between the segments, no segment ids, zero-width lone-space tokens."""
+    monkeypatch.setattr("spanqa.streaming.PIECE_CHARS", 50)  # pieces cut at whitespace runs: the same tokens
     tok = roberta_tokenizer
     qs = ["Who jumps?", "What is over the dog?"]
-    cs = [" ".join(CORPUS) + "  double  spaces ", " ".join(CORPUS) * 4]
+    cs = [" ".join(CORPUS) + "  double  spaces ", "   ".join(CORPUS) * 4]
     cfg = FormatConfig(max_seq_len=40, doc_stride=10, max_question_len=8)
     with pytest.warns(UserWarning, match="truncated"):
         ref = make_windows(tok, qs, cs, cfg)

@@ -27,7 +27,7 @@ from spanqa.formatting import FormatConfig, Window
 CONTEXT_CHARS_PER_CALL = 1_000_000  # context characters per group of questions: bounds the tokenized contexts held
 QUESTIONS_PER_CALL = 256
 PIECE_CHARS = 50_000  # a longer text is tokenized in pieces of about this size
-_SPACE = re.compile(r"\s")
+_SPACE = re.compile(r"(?<=\S)\s")  # the start of a whitespace run: a run is never split between pieces
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,10 @@ def max_context(starts: Sequence[int], n_ctx: int, room: int, step: int, k: int)
 def _tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, character offsets) of each text, without special tokens and without truncation.
 
-    Short texts go in one tokenizer call. A long one goes in pieces of about PIECE_CHARS characters, cut just
-    before a whitespace character (where no token can straddle the cut), so the tokenizer's per-token Python
-    objects never exist for more than one piece at a time; the result is 12 bytes a token.
+    Short texts go in one tokenizer call. A long one goes in pieces of about PIECE_CHARS characters, cut where a
+    whitespace run starts (no WordPiece or byte-level BPE token straddles such a cut: tested against whole-text
+    tokenization), so the tokenizer's per-token Python objects never exist for more than one piece at a time; the
+    result is 12 bytes a token.
     """
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
     short = [i for i, t in enumerate(texts) if len(t) <= PIECE_CHARS]
