@@ -113,12 +113,10 @@ def weights_hash(model: SpanReader) -> str:
 
 
 def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import transformers
+    from importlib.metadata import version  # not `import onnx`: a cache hit should not pay for it
 
-    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "export_format": EXPORT_FORMAT}
+    return {"onnxruntime": version("onnxruntime"), "onnx": version("onnx"), "torch": torch.__version__,
+            "transformers": version("transformers"), "export_format": EXPORT_FORMAT}
 
 
 def cached_graph(model: SpanReader, int8: bool, cache_dir: str | Path | None = None) -> Path:
