@@ -66,3 +66,17 @@ def length_grouped_batches(
         batches.extend(chunk[j : j + batch_size].tolist() for j in range(0, len(chunk), batch_size))
     perm = rng.permutation(len(batches))
     return [batches[p] for p in perm]
+
+
+def token_budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Inference batches sorted by length (longest first), each at most `batch_size` windows and `max_tokens`
+    padded tokens: short SQuAD windows fill whole batches, while long-document windows (all max_seq_len) come in
+    smaller ones, so the attention scores (batch x heads x T x T) stay small."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches: list[list[int]] = []
+    for i in order.tolist():
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

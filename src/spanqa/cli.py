@@ -1,4 +1,4 @@
-"""Command line: `spanqa answer | train | evaluate | serve | explain` (also `python -m spanqa ...`).
+"""Command line: `spanqa answer | train | evaluate | serve | explain | export` (also `python -m spanqa ...`).
 
 User errors print one line, `spanqa: error: ...`, and exit with status 2; they never show a traceback.
 """
@@ -40,7 +40,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         raise SpanqaError("the context is empty")
     if args.top_k < 1:
         raise SpanqaError(f"--top-k must be at least 1, got {args.top_k}")
-    reader = Reader.load(args.model, device=args.device)
+    reader = Reader.load(args.model, device=args.device, engine=args.engine)
     pred = reader.answer(args.question, context, top_k=args.top_k)
     if args.json:
         print(json.dumps(pred.to_dict(args.top_k), ensure_ascii=False))
@@ -68,7 +68,7 @@ def cmd_answer_file(args: argparse.Namespace) -> int:
     from spanqa.serving import limit_heap_growth
 
     limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
-    reader = Reader.load(args.model, device=args.device)
+    reader = Reader.load(args.model, device=args.device, engine=args.engine)
     stats = answer_file(reader, args.input, args.output, top_k=args.top_k, chunk=args.chunk,
                         batch_size=args.batch_size, skip_invalid=args.skip_invalid, progress=not args.no_progress)
     if args.json:
@@ -92,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.skipped:
         print(f"spanqa: skipped {sum(data.skipped.values())} invalid record(s): {dict(data.skipped)}",
               file=sys.stderr)
-    reader = Reader.load(args.model, device=args.device)
+    reader = Reader.load(args.model, device=args.device, engine=args.engine)
     metrics = evaluate(reader, data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size,
                        progress=not args.no_progress)
     if args.json:
@@ -206,6 +206,47 @@ def add_serve_explain(sub) -> None:
 # ---- end of serve and explain -------------------------------------------------------------------------------------
 
 
+# ---- export and engines (issue 4) --------------------------------------------------------------------------------
+ENGINE_CHOICES = ("torch", "onnx", "onnx-int8")  # spanqa.engines.ENGINES, without importing torch to build the parser
+
+
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
+                   help="torch, or ONNX Runtime fp32/int8 on the CPU (the graph is built on first use and cached)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spanqa.reader import Reader
+
+    if args.int8 and args.format != "onnx":
+        raise SpanqaError("--int8 applies to --format onnx only")
+    reader = Reader.load(args.model, device="cpu")
+    if args.format == "hf":
+        from spanqa.hf import export_hf
+
+        export_hf(reader, args.out)
+        print(f"wrote a Hugging Face question-answering checkpoint to {args.out}")
+    else:
+        from spanqa.engines import export_onnx
+
+        meta = export_onnx(reader.model, args.out, int8=args.int8, extra={"reader": reader.config.to_dict()})
+        reader.tokenizer.save_pretrained(args.out)
+        fused = ", ".join(f"{k} {v}" for k, v in meta["fused_operators"].items()) or "none"
+        print(f"wrote {args.out}/model.onnx ({'int8' if args.int8 else 'fp32'}; fused operators: {fused})")
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="write the model as an ONNX graph for ONNX Runtime, or as a HF QA checkpoint")
+    x.add_argument("--model", help="saved reader directory (default: the model shipped with spanqa)")
+    x.add_argument("--format", choices=["onnx", "hf"], required=True,
+                   help="onnx: graph with ORT's fused BERT operators; hf: AutoModelForQuestionAnswering (linear heads)")
+    x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the ONNX graph")
+    x.add_argument("--out", required=True, help="output directory")
+    x.set_defaults(func=cmd_export)
+# ---- end of export and engines ------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -226,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=32, help="with --input: windows per forward pass")
     a.add_argument("--chunk", type=int, default=512, help="with --input: questions read and written at a time")
     a.add_argument("--no-progress", action="store_true")
+    add_engine_flag(a)
     a.set_defaults(func=cmd_answer)
 
     e = sub.add_parser("evaluate", help="official SQuAD EM/F1 plus per-head diagnostics")
@@ -238,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-invalid", action="store_true", help="count and skip invalid records")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-progress", action="store_true")
+    add_engine_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")
@@ -271,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     add_serve_explain(sub)
+    add_export_parser(sub)
     return p
 
 

@@ -90,21 +90,37 @@ def merge_windows(
     n: int,
 ) -> list[SpanCandidate]:
     """Rank the candidates of all windows of one question by score; the same character span counts once."""
+    starts = np.stack([offsets[r][begins[r], 0] for r in range(len(window_ids))])
+    stops = np.stack([offsets[r][ends[r], 1] for r in range(len(window_ids))])
+    return merge_spans(context, window_ids, scores, begins, ends, starts, stops, n)
+
+
+def merge_spans(
+    context: str,
+    window_ids: list[int],
+    scores: np.ndarray,
+    begins: np.ndarray,
+    ends: np.ndarray,
+    char_starts: np.ndarray,
+    char_ends: np.ndarray,
+    n: int,
+) -> list[SpanCandidate]:
+    """`merge_windows` with the spans already mapped to characters, so the windows themselves can be let go."""
     flat = []
     for r, w in enumerate(window_ids):
-        for s, bi, ej in zip(scores[r], begins[r], ends[r], strict=True):
+        for c, s in enumerate(scores[r]):
             if s == -math.inf:
                 break
-            flat.append((float(s), w, r, int(bi), int(ej)))
+            flat.append((float(s), w, r, c))
     flat.sort(key=lambda t: -t[0])
     out: list[SpanCandidate] = []
     seen: set[tuple[int, int]] = set()
-    for s, w, r, bi, ej in flat:
-        cs, ce = int(offsets[r][bi, 0]), int(offsets[r][ej, 1])
+    for s, w, r, c in flat:
+        cs, ce = int(char_starts[r][c]), int(char_ends[r][c])
         if (cs, ce) in seen:
             continue
         seen.add((cs, ce))
-        out.append(SpanCandidate(context[cs:ce], cs, ce, math.exp(s), s, w, bi, ej))
+        out.append(SpanCandidate(context[cs:ce], cs, ce, math.exp(s), s, w, int(begins[r][c]), int(ends[r][c])))
         if len(out) == n:
             break
     return out

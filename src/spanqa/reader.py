@@ -10,6 +10,7 @@ Loading reads safetensors only, never pickle.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -19,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spanqa.batching import collate, length_grouped_batches
+from spanqa.batching import collate, token_budget_batches
 from spanqa.data import is_unicode
-from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, log_probs, merge_windows
+from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, log_probs, merge_spans
 from spanqa.errors import ConfigError, ModelError
-from spanqa.formatting import FormatConfig, Window, check_settings, make_windows
+from spanqa.formatting import FormatConfig, Window, check_settings
 from spanqa.model import HeadConfig, SpanReader, load_encoder
+from spanqa.streaming import iter_windows
 
 SPANQA_JSON = "spanqa.json"
 HEADS_FILE = "heads.safetensors"
@@ -94,13 +96,30 @@ def encoder_max_positions(config) -> int | None:
 
 
 class Reader:
-    def __init__(self, model: SpanReader, tokenizer, config: ReaderConfig, device: str | None = None):
+    chunk_windows = 1024  # windows formatted and scored at a time: memory stays bounded for any context length
+    max_batch_tokens = 4096  # padded tokens per inference batch, whatever batch_size says
+
+    def __init__(self, model: SpanReader, tokenizer, config: ReaderConfig, device: str | None = None,
+                 engine: str = "torch"):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if engine != "torch" and device in (None, "auto") else device)
         self.model.to(self.device).eval()
         check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
+        self._template = None
+        self.set_engine(engine)
+
+    def set_engine(self, engine: str = "torch", cache_dir: str | None = None) -> Reader:
+        """Run the network with `engine` (torch, onnx, onnx-int8); ONNX graphs are built once and cached."""
+        from spanqa.engines import check_engine, load_engine
+
+        check_engine(engine)
+        if engine != "torch" and self.device.type != "cpu":
+            raise ConfigError(f"engine {engine} runs on the CPU; use device cpu (or the torch engine on {self.device})")
+        self.engine_name = engine
+        self.engine = load_engine(engine, self.model, cache_dir)
+        return self
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -116,8 +135,9 @@ class Reader:
         return cls(SpanReader(encoder, config.head), tokenizer, replace(config, base=base), device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | None = None) -> Reader:
-        """Load a saved reader directory; with no path, the default model shipped in the package."""
+    def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "torch") -> Reader:
+        """Load a saved reader directory, or a Hugging Face question-answering checkpoint with linear `qa_outputs`;
+        with no path, the default model shipped in the package. `engine`: torch, onnx or onnx-int8."""
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
@@ -130,6 +150,11 @@ class Reader:
         if not path.is_dir():
             raise ModelError(f"{path}: model directory not found")
         if not meta.exists():
+            from spanqa.hf import is_hf_qa_dir, load_hf_qa
+
+            if is_hf_qa_dir(path):
+                model, tokenizer, config = load_hf_qa(path)
+                return cls(model, tokenizer, config, device, engine)
             raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
         try:
             raw = json.loads(meta.read_text())
@@ -154,7 +179,7 @@ class Reader:
         bad = [k for k in missing.missing_keys if not k.startswith("encoder.")] + missing.unexpected_keys
         if bad:
             raise ModelError(f"{path / HEADS_FILE}: head weights do not match the head config: {bad[:4]}")
-        return cls(model, tokenizer, config, device)
+        return cls(model, tokenizer, config, device, engine)
 
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
@@ -206,51 +231,54 @@ class Reader:
         for name, v in (("top_k", top_k), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
+        return self._predict_stream(questions, contexts, top_k, batch_size, keep_windows, progress)
+
+    def _predict_stream(self, questions, contexts, top_k, batch_size, keep_windows, progress) -> list[Prediction]:
+        """Windows come lazily, `chunk_windows` at a time, each chunk sorted by length into batches; a window
+        leaves only its top-k spans (as character offsets), so a 1 MB context never sits in memory as windows."""
+        import sys
+
+        from tqdm.auto import tqdm
+
+        if self._template is None:
+            from spanqa.streaming import pair_template
+
+            self._template = pair_template(self.tokenizer)
+        stream = iter_windows(self.tokenizer, questions, contexts, self.config.format, self._template)
+        parts: dict[int, list[tuple]] = {}
         out: list[Prediction] = []
-        bar = None
-        if progress:
-            import sys
-
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True)
-        chunk = 512  # questions formatted at a time: bounds memory on huge inputs
-        for lo in range(0, len(questions), chunk):
-            qs, cs = questions[lo : lo + chunk], contexts[lo : lo + chunk]
-            out.extend(self._predict_chunk(qs, cs, top_k, batch_size, keep_windows, bar))
-        if bar is not None:
-            bar.close()
+        bar = tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True,
+                   disable=not progress)
+        while chunk := list(itertools.islice(stream, self.chunk_windows)):
+            for w, (s, b, e, null) in zip(chunk, self._score_windows(chunk, top_k, batch_size), strict=True):
+                kept = w if keep_windows else None
+                last = len(w) - 1  # slots with score -inf (fewer valid spans than k) may point into the padding
+                cs, ce = w.offsets[np.minimum(b, last), 0], w.offsets[np.minimum(e, last), 1]
+                parts.setdefault(w.example_index, []).append((s, b, e, cs, ce, null, kept))
+            # windows come in question order: every question before the chunk's last one is complete
+            while len(out) < chunk[-1].example_index:
+                out.append(self._merge(contexts[len(out)], parts.pop(len(out)), top_k))
+                bar.update()
+        while len(out) < len(questions):
+            out.append(self._merge(contexts[len(out)], parts.pop(len(out)), top_k))
+            bar.update()
+        bar.close()
         return out
 
-    def _predict_chunk(self, questions, contexts, top_k, batch_size, keep_windows, bar) -> list[Prediction]:
-        cfg = self.config
-        windows = make_windows(self.tokenizer, questions, contexts, cfg.format)
-        k = max(top_k, 1)
-        per_window = list(self._score_windows(windows, k, batch_size))
-        by_ex: dict[int, list[int]] = {}
-        for w_i, w in enumerate(windows):
-            by_ex.setdefault(w.example_index, []).append(w_i)
-        preds = []
-        for ex, context in enumerate(contexts):
-            idx = by_ex[ex]
-            scores = np.stack([per_window[i][0] for i in idx])
-            begins = np.stack([per_window[i][1] for i in idx])
-            ends = np.stack([per_window[i][2] for i in idx])
-            null = min(per_window[i][3] for i in idx)
-            cands = merge_windows(context, list(range(len(idx))), [windows[i].offsets for i in idx],
-                                  scores, begins, ends, k)
-            no_ans = is_no_answer(null, cands[0] if cands else None, cfg.decode)
-            preds.append(Prediction(cands, no_ans, null, [windows[i] for i in idx] if keep_windows else []))
-        if bar is not None:
-            bar.update(len(contexts))
-        return preds
+    def _merge(self, context: str, parts: list[tuple], k: int) -> Prediction:
+        s, b, e, cs, ce, null, wins = zip(*parts, strict=True)
+        cands = merge_spans(context, list(range(len(parts))), np.stack(s), np.stack(b), np.stack(e), np.stack(cs),
+                            np.stack(ce), k)
+        null_score = min(null)
+        no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode)
+        return Prediction(cands, no_ans, null_score, [w for w in wins if w is not None])
 
     @torch.inference_mode()
     def _score_windows(self, windows: list[Window], k: int, batch_size: int) -> Iterator[tuple]:
         """(scores, begins, ends, null_log_score) per window, in the windows' order."""
         results: list[tuple | None] = [None] * len(windows)
         pad = self.tokenizer.pad_token_id or 0
-        for batch_idx in length_grouped_batches([len(w) for w in windows], batch_size, rng=None):
+        for batch_idx in token_budget_batches([len(w) for w in windows], batch_size, self.max_batch_tokens):
             batch = collate([windows[i] for i in batch_idx], pad)
             lb, le = self.logits(batch)
             blp, elp = log_probs(lb), log_probs(le)
@@ -265,6 +293,8 @@ class Reader:
         yield from results
 
     def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.engine is not None:
+            return self.engine(batch)
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             return self.model(

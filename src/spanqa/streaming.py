@@ -1,0 +1,202 @@
+"""Windows for inference, cut lazily: a long context is never formatted all at once.
+
+`make_windows` (training) asks the tokenizer for every overflowing window of every pair in one call. At inference
+that holds all windows of a context in memory at once, and a 1 MB context has about a thousand of them. Here each
+distinct context is tokenized once, without special tokens, into two O(n) arrays (token ids and character
+offsets), and its windows are cut from those arrays one at a time as the reader asks for them:
+
+    [CLS] question [SEP] context[s_k : s_k + room] [SEP]      s_k = k · (room - doc_stride)
+
+the same windows as the tokenizer's overflow (`stride=doc_stride`), with the same max-context rule, so the two
+paths give the same answers. The reader consumes this stream in chunks and keeps only each window's top-k spans.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from spanqa.formatting import FormatConfig, Window
+
+CONTEXT_CHARS_PER_CALL = 1_000_000  # context characters per group of questions: bounds the tokenized contexts held
+QUESTIONS_PER_CALL = 256
+PIECE_CHARS = 50_000  # a longer text is tokenized in pieces of about this size
+_SPACE = re.compile(r"(?<=\S)\s")  # the start of a whitespace run: a run is never split between pieces
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where the tokenizer puts its special tokens around a (question, context) pair, and the segment ids."""
+
+    prefix: np.ndarray  # ids before the question, e.g. [CLS]
+    middle: np.ndarray  # ids between question and context, e.g. [SEP] (RoBERTa: </s></s>)
+    suffix: np.ndarray  # ids after the context, e.g. [SEP]
+    prefix_types: np.ndarray
+    middle_types: np.ndarray
+    suffix_types: np.ndarray
+    question_type: int
+    context_type: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def pair_template(tokenizer) -> PairTemplate:
+    """Read the template off the tokenizer's own encoding of a short pair, so any BERT/RoBERTa-style one works."""
+    enc = tokenizer("a", "b", return_token_type_ids=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    types = np.asarray(enc.get("token_type_ids") or [0] * len(ids), dtype=np.int64)
+    seq = enc.sequence_ids(0)
+    q = [i for i, s in enumerate(seq) if s == 0]
+    c = [i for i, s in enumerate(seq) if s == 1]
+    parts = [slice(0, q[0]), slice(q[-1] + 1, c[0]), slice(c[-1] + 1, len(ids))]
+    return PairTemplate(*(ids[p] for p in parts), *(types[p] for p in parts), int(types[q[0]]), int(types[c[0]]))
+
+
+def window_starts(n_ctx: int, room: int, stride: int) -> list[int]:
+    """First context token of each window: windows of `room` tokens, consecutive ones sharing `stride`."""
+    starts = [0]
+    while starts[-1] + room < n_ctx:
+        starts.append(starts[-1] + room - stride)
+    return starts
+
+
+def max_context(starts: Sequence[int], n_ctx: int, room: int, step: int, k: int) -> np.ndarray:
+    """For window k's context tokens: is k the window that gives the token the most context on both sides?
+
+    Same rule and tie-break (earliest window) as `formatting._mark_max_context`, computed from the neighbours of
+    window k only, since no other window shares a token with it.
+    """
+    s_k = starts[k]
+    t = np.arange(s_k, min(s_k + room, n_ctx))
+    reach = math.ceil(room / step)  # windows further apart than this share no token
+    best = np.full(len(t), -np.inf)
+    owner = np.full(len(t), -1)
+    for j in range(max(0, k - reach), min(len(starts), k + reach + 1)):
+        s, n = starts[j], min(room, n_ctx - starts[j])
+        inside = (t >= s) & (t < s + n)
+        score = np.where(inside, np.minimum(t - s, s + n - 1 - t) + 0.01 * n, -np.inf)
+        better = score > best
+        best[better] = score[better]
+        owner[better] = j
+    return owner == k
+
+
+def _tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, character offsets) of each text, without special tokens and without truncation.
+
+    Short texts go in one tokenizer call. A long one goes in pieces of about PIECE_CHARS characters, cut where a
+    whitespace run starts (no WordPiece or byte-level BPE token straddles such a cut: tested against whole-text
+    tokenization), so the tokenizer's per-token Python objects never exist for more than one piece at a time; the
+    result is 12 bytes a token.
+    """
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+    short = [i for i, t in enumerate(texts) if len(t) <= PIECE_CHARS]
+    if short:
+        for i, pair in zip(short, _encode(tokenizer, [texts[i] for i in short]), strict=True):
+            out[i] = pair
+    for i, text in enumerate(texts):
+        if out[i] is None:
+            parts = []
+            for a, b in _pieces(text):
+                ids, offs = _encode(tokenizer, [text[a:b]])[0]
+                parts.append((ids, offs + a))
+            out[i] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return out
+
+
+def _encode(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                    return_token_type_ids=False, verbose=False)
+    return [(np.asarray(ids, dtype=np.int32), np.asarray(offs, dtype=np.int32).reshape(-1, 2))
+            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    cuts = [0]
+    while len(text) - cuts[-1] > PIECE_CHARS:
+        m = _SPACE.search(text, cuts[-1] + PIECE_CHARS)
+        if m is None:
+            break
+        cuts.append(m.start())
+    cuts.append(len(text))
+    return list(itertools.pairwise(cuts))
+
+
+def _groups(contexts: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """Consecutive question ranges whose distinct contexts are tokenized in one call."""
+    lo = 0
+    while lo < len(contexts):
+        hi, chars, prev = lo, 0, None
+        while hi < len(contexts) and hi - lo < QUESTIONS_PER_CALL and (chars < CONTEXT_CHARS_PER_CALL or hi == lo):
+            if contexts[hi] != prev:
+                chars += len(contexts[hi])
+                prev = contexts[hi]
+            hi += 1
+        yield lo, hi
+        lo = hi
+
+
+def iter_windows(
+    tokenizer,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    cfg: FormatConfig,
+    template: PairTemplate | None = None,
+) -> Iterator[Window]:
+    """Windows of every (question, context) pair, in question order, made one at a time."""
+    tpl = template or pair_template(tokenizer)
+    n_cut = 0
+    for lo, hi in _groups(contexts):
+        unique: dict[str, int] = {}
+        for c in contexts[lo:hi]:
+            unique.setdefault(c, len(unique))
+        tokenized = _tokenize(tokenizer, list(unique))
+        q_ids = [ids for ids, _ in _tokenize(tokenizer, questions[lo:hi])]
+        for ex in range(lo, hi):
+            q = q_ids[ex - lo]
+            if len(q) > cfg.max_question_len:
+                q, n_cut = q[: cfg.max_question_len], n_cut + 1
+            c_ids, c_offs = tokenized[unique[contexts[ex]]]
+            yield from _pair_windows(ex, q, c_ids, c_offs, cfg, tpl)
+        del tokenized
+    if n_cut:
+        warnings.warn(f"{n_cut} question(s) longer than max_question_len={cfg.max_question_len} tokens were "
+                      "truncated", stacklevel=2)
+
+
+def _pair_windows(ex: int, q: np.ndarray, c_ids: np.ndarray, c_offs: np.ndarray, cfg: FormatConfig,
+                  tpl: PairTemplate) -> Iterator[Window]:
+    room = cfg.max_seq_len - len(q) - tpl.n_special
+    starts = window_starts(len(c_ids), room, cfg.doc_stride)
+    head = np.concatenate([tpl.prefix, q, tpl.middle])
+    head_types = np.concatenate([tpl.prefix_types, np.full(len(q), tpl.question_type), tpl.middle_types])
+    for k, s in enumerate(starts):
+        e = min(s + room, len(c_ids))
+        n = e - s
+        total = len(head) + n + len(tpl.suffix)
+        segment = slice(len(head), len(head) + n)
+        offsets = np.full((total, 2), -1, dtype=np.int64)
+        offsets[segment] = c_offs[s:e]
+        # as in make_windows: context tokens that cover no character (byte-level BPE's lone spaces) never begin or
+        # end an answer, but they count in the windows' geometry
+        ctx = offsets[:, 1] > offsets[:, 0]
+        offsets[~ctx] = -1
+        mc = np.zeros(total, dtype=bool)
+        mc[segment] = max_context(starts, len(c_ids), room, room - cfg.doc_stride, k) if len(starts) > 1 else True
+        mc &= ctx
+        yield Window(
+            example_index=ex,
+            input_ids=np.concatenate([head, c_ids[s:e], tpl.suffix]),
+            token_type_ids=np.concatenate([head_types, np.full(n, tpl.context_type), tpl.suffix_types]),
+            offsets=offsets,
+            context_mask=ctx,
+            max_context=mc,
+        )

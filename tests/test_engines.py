@@ -1,0 +1,124 @@
+"""ONNX Runtime engines: parity with torch, fused graphs, the build-once cache, CLI flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from spanqa.batching import collate  # noqa: E402
+from spanqa.errors import ConfigError  # noqa: E402
+from spanqa.streaming import iter_windows  # noqa: E402
+
+QUESTIONS = ["Who gave their name to Normandy?", "When did the Normans live?", "Who was their leader?",
+             "Where is Normandy?"]
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
+           "France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under "
+           "their leader Rollo, agreed to swear fealty to King Charles III of West Francia.")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine_cache")
+
+
+def a_batch(reader):
+    contexts = [CONTEXT, CONTEXT * 3, CONTEXT[:80], CONTEXT]
+    windows = list(iter_windows(reader.tokenizer, QUESTIONS, contexts, reader.config.format))
+    return collate(windows, reader.tokenizer.pad_token_id)  # uneven lengths: padding is exercised
+
+
+def test_onnx_logits_match_torch(tiny_reader, cache):
+    batch = a_batch(tiny_reader)
+    with torch.inference_mode():
+        ref_b, ref_e = tiny_reader.logits(batch)
+    tiny_reader.set_engine("onnx", cache_dir=cache)
+    got_b, got_e = tiny_reader.logits(batch)
+    keep = batch["span_mask"]
+    assert got_b.shape == ref_b.shape
+    np.testing.assert_allclose(got_b[keep].numpy(), ref_b[keep].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got_e[keep].numpy(), ref_e[keep].numpy(), atol=1e-4, rtol=1e-4)
+    assert (got_b[~keep] == torch.finfo(torch.float32).min).all()  # masked like the torch engine
+
+
+def test_engines_give_the_same_answers(tiny_reader, cache):
+    contexts = [CONTEXT] * len(QUESTIONS)
+    ref = tiny_reader.predict(QUESTIONS, contexts, top_k=3)
+    for engine in ("onnx", "onnx-int8"):
+        tiny_reader.set_engine(engine, cache_dir=cache)
+        got = tiny_reader.predict(QUESTIONS, contexts, top_k=3)
+        for a, b in zip(ref, got, strict=True):
+            assert all(c.text == CONTEXT[c.start : c.end] for c in b.answers)
+            if engine == "onnx":
+                assert [(c.start, c.end) for c in a.answers] == [(c.start, c.end) for c in b.answers]
+                assert [c.score for c in a.answers] == pytest.approx([c.score for c in b.answers], abs=1e-4)
+                assert a.null_log_score == pytest.approx(b.null_log_score, abs=1e-4)
+    tiny_reader.set_engine("torch")
+    assert tiny_reader.engine is None
+
+
+def test_graph_is_fused_and_cached(tiny_reader, cache, monkeypatch):
+    import spanqa.engines as engines
+
+    path = engines.cached_graph(tiny_reader.model, int8=True, cache_dir=cache)
+    meta = json.loads((path / engines.EXPORT_JSON).read_text())
+    n_layers = tiny_reader.model.encoder.config.num_hidden_layers
+    assert meta["fused_operators"]["Attention"] == n_layers  # eager export: ORT fused every attention block
+    assert meta["fused_operators"]["SkipLayerNormalization"] == 2 * n_layers
+    assert meta["int8"] and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("the cached graph was rebuilt")
+
+    monkeypatch.setattr(engines, "export_onnx", no_rebuild)
+    assert engines.cached_graph(tiny_reader.model, int8=True, cache_dir=cache) == path
+    with torch.no_grad():
+        tiny_reader.model.begin_head.net.bias += 1.0  # new weights: a new graph
+    with pytest.raises(AssertionError, match="rebuilt"):
+        engines.cached_graph(tiny_reader.model, int8=True, cache_dir=cache)
+
+
+def test_engine_errors(tiny_reader):
+    with pytest.raises(ConfigError, match="unknown engine"):
+        tiny_reader.set_engine("tensorrt")
+    tiny_reader.device = torch.device("cuda")  # pretend: the check happens before any graph is built
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        tiny_reader.set_engine("onnx")
+
+
+def test_cli_engine_and_onnx_export(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from spanqa.cli import main
+
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    args = ["answer", "--model", str(tiny_model_dir), "--question", QUESTIONS[0], "--context", CONTEXT, "--json"]
+    assert main(args) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert main([*args, "--engine", "onnx"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [a["text"] for a in got["answers"]] == [a["text"] for a in ref["answers"]]
+    assert len(list((tmp_path / "cache" / "engines").iterdir())) == 1
+
+    out = tmp_path / "int8"
+    assert main(["export", "--model", str(tiny_model_dir), "--format", "onnx", "--int8", "--out", str(out)]) == 0
+    assert "Attention" in capsys.readouterr().out
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["int8"] and meta["reader"]["format"]["max_seq_len"] == 384
+    assert (out / "model.onnx").stat().st_size > 0 and (out / "tokenizer.json").exists()
+    assert main(["export", "--model", str(tiny_model_dir), "--format", "hf", "--int8", "--out", str(out)]) == 2
+    assert "--int8" in capsys.readouterr().err
+
+
+def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from spanqa.engines import check_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'spanqa\[onnx\]'"):
+        check_engine("onnx-int8")
+    assert check_engine("torch") == "torch"
