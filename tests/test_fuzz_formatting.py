@@ -91,3 +91,26 @@ def test_character_answers_get_the_smallest_covering_tokens(tokenizer, budget):
             assert (w.offsets[ctx[ctx > e], 0] >= end).all()
 
     fuzz("formatting: character answers labelled", budget, prop, context=wild_text(), data=st.data())
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_lazy_inference_windows_equal_the_training_windows(tokenizer, budget, monkeypatch):
+    """streaming.iter_windows (inference) promises the windows of make_windows (training), field by field."""
+    from spanqa.streaming import iter_windows
+
+    monkeypatch.setattr("spanqa.streaming.PIECE_CHARS", 200)  # long contexts are tokenized in pieces
+
+    def prop(pairs):
+        questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = make_windows(tokenizer, questions, contexts, CFG)
+            got = list(iter_windows(tokenizer, questions, contexts, CFG))
+        assert len(got) == len(ref)
+        for a, b in zip(ref, got, strict=True):
+            for f in ("example_index", "input_ids", "token_type_ids", "offsets", "context_mask", "max_context"):
+                assert np.array_equal(getattr(a, f), getattr(b, f)), (f, a.example_index)
+
+    question = wild_text(20).filter(str.strip)
+    fuzz("formatting: lazy inference windows = training windows", budget, prop,
+         pairs=st.lists(st.tuples(question, wild_text()), min_size=1, max_size=3))
