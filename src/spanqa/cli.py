@@ -26,6 +26,16 @@ def _read_context_file(path: str) -> str:
         raise SpanqaError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def _question_and_context(args: argparse.Namespace) -> str:
+    """The context of `--context` or `--context-file`, after checking that it and `--question` are not empty."""
+    context = args.context if args.context is not None else _read_context_file(args.context_file)
+    if not args.question.strip():
+        raise SpanqaError("--question is empty")
+    if not context.strip():
+        raise SpanqaError("the context is empty")
+    return context
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
     from spanqa.reader import Reader
 
@@ -33,11 +43,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         return cmd_answer_file(args)
     if args.question is None or (args.context is None and args.context_file is None):
         raise SpanqaError("give --question and --context (or --context-file), or --input FILE --output FILE")
-    context = args.context if args.context is not None else _read_context_file(args.context_file)
-    if not args.question.strip():
-        raise SpanqaError("--question is empty")
-    if not context.strip():
-        raise SpanqaError("the context is empty")
+    context = _question_and_context(args)
     if args.top_k < 1:
         raise SpanqaError(f"--top-k must be at least 1, got {args.top_k}")
     reader = Reader.load(args.model, device=args.device, engine=args.engine)
@@ -159,11 +165,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from spanqa.explain import CHART_SUFFIXES, explain
     from spanqa.reader import Reader
 
-    context = args.context if args.context is not None else _read_context_file(args.context_file)
-    if not args.question.strip():
-        raise SpanqaError("--question is empty")
-    if not context.strip():
-        raise SpanqaError("the context is empty")
+    context = _question_and_context(args)
     if Path(args.out).suffix.lower() not in CHART_SUFFIXES:
         raise SpanqaError(f"--out {args.out}: the chart must end in one of {', '.join(CHART_SUFFIXES)}")
     reader = Reader.load(args.model, device=args.device)
