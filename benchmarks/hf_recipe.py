@@ -108,7 +108,7 @@ def main() -> None:
 
     from spanqa.data import load_dataset
     from spanqa.metric import evaluate_v1
-    from spanqa.training import encoder_matmul_flops
+    from spanqa.perf import encoder_matmul_flops
 
     hf_logging.set_verbosity_error()
     examples = load_dataset(args.train).examples

@@ -21,10 +21,11 @@ import torch
 
 def fit(args) -> dict:
     from spanqa.batching import collate, length_grouped_batches
+    from spanqa.config import HeadConfig
     from spanqa.data import load_dataset
-    from spanqa.model import HeadConfig, SpanReader
+    from spanqa.formatting import iter_windows
+    from spanqa.model import SpanModel
     from spanqa.reader import Reader
-    from spanqa.streaming import iter_windows
 
     torch.manual_seed(0)
     reader = Reader.load(args.model, device="cpu")
@@ -56,7 +57,7 @@ def fit(args) -> dict:
                 n_tokens += len(h)
     ridge = args.ridge * torch.trace(xtx) / H
     solve = torch.linalg.solve(xtx + ridge * torch.eye(H, dtype=torch.float64), torch.stack(list(xty.values()), 1))
-    linear = SpanReader(reader.model.encoder, HeadConfig(kind="linear"))
+    linear = SpanModel(reader.model.encoder, HeadConfig(kind="linear"))
     with torch.no_grad():
         for col, head in enumerate((linear.begin_head, linear.end_head)):
             head.net.weight.copy_(solve[:, col].float()[None])

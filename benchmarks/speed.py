@@ -34,39 +34,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-DEV = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
-TRAIN = ROOT.parent / "shared" / "data" / "squad" / "reconstructed" / "train-v1.1.explore-derived.json.gz"
-ENGINES = ("torch", "onnx", "onnx-int8")
+sys.path.insert(0, str(HERE))
+from common import DEV_V11 as DEV  # noqa: E402
+from common import TRAIN_V11 as TRAIN  # noqa: E402
+
+from spanqa.config import ENGINES  # noqa: E402
+from spanqa.perf import cpu_info, encoder_matmul_flops, matmul_ceiling  # noqa: E402
 
 
-# ---- FLOPs and the matmul ceiling -----------------------------------------------------------------------------------
+# ---- FLOPs ----------------------------------------------------------------------------------------------------------
 def forward_flops(cfg, batch: int, tokens: int, head_kind: str) -> float:
-    """Multiply-adds x 2 of one forward pass on a (batch, tokens) input: every GEMM and attention product."""
-    H, inter, n = cfg.hidden_size, cfg.intermediate_size, batch * tokens
-    per_layer = 2 * n * (4 * H * H + 2 * H * inter) + 4 * batch * tokens * tokens * H
+    """Multiply-adds x 2 of one forward pass on a (batch, tokens) input: the encoder's GEMMs and attention products
+    (spanqa.perf.encoder_matmul_flops) plus the begin/end heads'."""
+    H, n = cfg.hidden_size, batch * tokens
     heads = 2 * (2 * n * H * H + 2 * n * H) if head_kind == "mlp" else 2 * 2 * n * H
-    return cfg.num_hidden_layers * per_layer + heads
-
-
-def matmul_ceiling(hidden: int = 384, inter: int = 1536, reps: int = 5) -> dict:
-    """Best fp32 GFLOP/s of torch GEMMs shaped like the encoder's (and one large square one)."""
-    import torch
-
-    shapes = [(8192, hidden, 3 * hidden), (8192, hidden, inter), (8192, inter, hidden), (2048, 2048, 2048)]
-    out = {}
-    for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        torch.mm(a, b)
-        best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(reps))
-        out[f"{m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
-    return {"gflops": max(out.values()), "by_shape": out}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    return encoder_matmul_flops(cfg, batch, tokens, train=False) + heads
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
@@ -316,7 +298,7 @@ def summarize(args, results, ceiling, cold, data) -> dict:
 
     import spanqa
 
-    pipe = results[0]
+    pipe, cpu = results[0], cpu_info()
     rows = []
     for r in results:
         fp32 = next((x for x in results if x["weights"] == r["weights"] and x.get("engine") == "torch"), None)
@@ -344,18 +326,12 @@ def summarize(args, results, ceiling, cold, data) -> dict:
                      "transformers (spanqa)": transformers.__version__, "onnxruntime": onnxruntime.__version__,
                      "torch": __import__("torch").__version__, "transformers (pipeline)": pipe["transformers"],
                      "torch (pipeline)": pipe["torch"]},
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_end": os.getloadavg()},
+        "machine": {"cpu": cpu["model_name"], "cpu_info": cpu, "cores": os.cpu_count(),
+                    "load_average_end": os.getloadavg()},
         "matmul_ceiling": ceiling,
         "cold_start_spanqa_answer": cold,
         "rows": rows,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def print_table(report: dict) -> None:

@@ -46,6 +46,6 @@ rows.sort(key=lambda r: -r.get("dev", {}).get("f1", 0))
 (out / "summary.json").write_text(json.dumps(rows, indent=2))
 print(json.dumps([{k: r.get(k) for k in ("variant", "steps", "train_seconds", "tokens_per_s", "dev")} for r in rows], indent=1))
 best = rows[0]["variant"]
-subprocess.run([sys.executable, "-m", "spanqa.default_model", str(work / best), str(out / "best"), str(work / "base"), sha], check=True)
+subprocess.run([sys.executable, "-m", "spanqa.checkpoint", str(work / best), str(out / "best"), str(work / "base"), sha], check=True)
 PY
 ls -la "$OUT" "$OUT/best"

@@ -48,12 +48,12 @@ def tiny_reader(tokenizer):
     """A random-weight 2-layer BERT reader on the real tokenizer: fast, and exercises every code path."""
     import torch
 
-    from spanqa.model import HeadConfig, SpanReader, encoder_from_config
+    from spanqa.model import HeadConfig, SpanModel, encoder_from_config
     from spanqa.reader import Reader, ReaderConfig
 
     torch.manual_seed(0)
     enc = encoder_from_config(tiny_bert_config(tokenizer.vocab_size))
-    return Reader(SpanReader(enc, HeadConfig()), tokenizer, ReaderConfig(), device="cpu")
+    return Reader(SpanModel(enc, HeadConfig()), tokenizer, ReaderConfig(), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +61,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny reader directory (for CLI tests)."""
     import torch
 
-    from spanqa.model import HeadConfig, SpanReader, encoder_from_config
+    from spanqa.model import HeadConfig, SpanModel, encoder_from_config
     from spanqa.reader import Reader, ReaderConfig
 
     torch.manual_seed(0)
     enc = encoder_from_config(tiny_bert_config(tokenizer.vocab_size))
-    r = Reader(SpanReader(enc, HeadConfig()), tokenizer, ReaderConfig(), device="cpu")
+    r = Reader(SpanModel(enc, HeadConfig()), tokenizer, ReaderConfig(), device="cpu")
     path = tmp_path_factory.mktemp("tiny_model")
     r.save(path)
     return path

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from spanqa.api import MicroBatcher, create_app, validate_payload  # noqa: E402
-from spanqa.serving import ServeConfig  # noqa: E402
+from spanqa.config import ServeConfig  # noqa: E402
 
 CONTEXT = ("Pride and Prejudice is an 1813 novel of manners written by Jane Austen. The novel follows the character "
            "development of Elizabeth Bennet, the protagonist of the book.")

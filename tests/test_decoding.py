@@ -7,7 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, merge_windows
+from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, merge_spans
+
+
+def merge_windows(context, window_ids, offsets, scores, begins, ends, n):
+    """merge_spans on token positions: map each window's spans to characters with its offsets first."""
+    starts = np.stack([offsets[r][begins[r], 0] for r in range(len(window_ids))])
+    stops = np.stack([offsets[r][ends[r], 1] for r in range(len(window_ids))])
+    return merge_spans(context, window_ids, scores, begins, ends, starts, stops, n)
 
 
 def brute_force(b, e, can_b, can_e, L):

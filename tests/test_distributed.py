@@ -30,13 +30,13 @@ def _summary(stdout: str) -> dict:
 
 
 def test_two_processes_match_one(tmp_path, tokenizer):
-    from spanqa.formatting import FormatConfig, make_windows
+    from spanqa.formatting import FormatConfig, iter_windows
 
     base = make_base(tmp_path / "base", tokenizer, dropout=0.0)  # no dropout: ranks draw their own masks
     data = write_train_jsonl(tmp_path / "train.jsonl", 41)
     fmt = FormatConfig(64, 16, 16)
     recs = [json.loads(line) for line in data.read_text().splitlines()]
-    n_windows = len(make_windows(tokenizer, [r["question"] for r in recs], [r["context"] for r in recs], fmt))
+    n_windows = len(list(iter_windows(tokenizer, [r["question"] for r in recs], [r["context"] for r in recs], fmt)))
     # a global batch size that leaves ONE window in the last micro-batch: rank 1 then has an empty slice
     bs = next(b for b in range(4, 20) if n_windows % b == 1)
     flags = ["train", "--base", str(base), "--train", str(data), "--epochs", "1", "--batch-size", str(bs),

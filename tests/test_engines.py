@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from spanqa.batching import collate  # noqa: E402
 from spanqa.errors import ConfigError  # noqa: E402
-from spanqa.streaming import iter_windows  # noqa: E402
+from spanqa.formatting import iter_windows  # noqa: E402
 
 QUESTIONS = ["Who gave their name to Normandy?", "When did the Normans live?", "Who was their leader?",
              "Where is Normandy?"]

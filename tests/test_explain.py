@@ -78,25 +78,28 @@ def test_serve_cli_settings_and_env_api_key(monkeypatch):
     monkeypatch.setenv("SPANQA_API_KEY", "from-env")
     assert main(["serve", "--port", "9001", "--batch-wait-ms", "0"]) == 0
     s = seen["s"]
-    assert (s.host, s.port, s.engine, s.serve.api_key, s.serve.batch_wait_ms) == ("127.0.0.1", 9001, "torch",
+    assert (s.host, s.port, s.run.engine, s.serve.api_key, s.serve.batch_wait_ms) == ("127.0.0.1", 9001, "torch",
                                                                                    "from-env", 0)
     seen.clear()
     assert main(["serve", "--api-key", "from-flag"]) == 0
     assert seen["s"].serve.api_key == "from-flag"
 
 
-def test_engine_is_passed_through_when_reader_load_takes_one(monkeypatch):
+def test_serve_passes_the_engine_to_reader_load(monkeypatch):
     import spanqa.serving as serving
+    from spanqa.config import RunConfig, ServerSettings
+    from spanqa.errors import SpanqaError
     from spanqa.reader import Reader
 
     calls = []
 
     def load(path=None, device=None, engine="torch"):
         calls.append((path, device, engine))
-        return "reader"
+        raise SpanqaError("stop here")
 
     monkeypatch.setattr(Reader, "load", staticmethod(load))
-    assert serving.load_reader("m", "cpu", "onnx-int8") == "reader"
+    with pytest.raises(SpanqaError, match="stop here"):
+        serving.serve(ServerSettings(RunConfig(model="m", device="cpu", engine="onnx-int8")))
     assert calls == [("m", "cpu", "onnx-int8")]
 
 

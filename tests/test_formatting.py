@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spanqa.errors import ConfigError
-from spanqa.formatting import FormatConfig, check_settings, make_windows
+from spanqa.formatting import FormatConfig, check_settings, iter_windows
+
+
+def make_windows(tokenizer, questions, contexts, cfg, answers=None):
+    """The package's one window maker, all at once."""
+    return list(iter_windows(tokenizer, questions, contexts, cfg, answers=answers))
+
 
 TRICKY = [
     "Café au lait, déjà vu, naïve façade — résumé.",

@@ -9,8 +9,9 @@ import pytest
 import torch
 from fuzzing import BUDGETS, fuzz, wild_text
 from hypothesis import strategies as st
+from test_decoding import merge_windows
 
-from spanqa.decoding import best_spans, merge_windows
+from spanqa.decoding import best_spans
 
 _logp = st.floats(-60.0, 0.0, width=32)
 

@@ -9,8 +9,9 @@ import pytest
 from fuzzing import BUDGETS, fuzz, wild_text
 from hypothesis import assume
 from hypothesis import strategies as st
+from oracle_windows import make_windows
 
-from spanqa.formatting import FormatConfig, make_windows
+from spanqa.formatting import FormatConfig, iter_windows
 
 CFG = FormatConfig(max_seq_len=48, doc_stride=8, max_question_len=12)  # small: many windows per context
 
@@ -18,7 +19,7 @@ CFG = FormatConfig(max_seq_len=48, doc_stride=8, max_question_len=12)  # small: 
 def windows_for(tokenizer, question, context, answers=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # long questions are truncated, with a warning
-        return make_windows(tokenizer, [question], [context], CFG, answers)
+        return list(iter_windows(tokenizer, [question], [context], CFG, answers=answers))
 
 
 def context_tokens(tokenizer, context) -> list[tuple[int, int]]:
@@ -95,10 +96,9 @@ def test_character_answers_get_the_smallest_covering_tokens(tokenizer, budget):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_lazy_inference_windows_equal_the_training_windows(tokenizer, budget, monkeypatch):
-    """streaming.iter_windows (inference) promises the windows of make_windows (training), field by field."""
-    from spanqa.streaming import iter_windows
+    """formatting.iter_windows promises the windows of the oracle make_windows, field by field."""
 
-    monkeypatch.setattr("spanqa.streaming.PIECE_CHARS", 200)  # long contexts are tokenized in pieces
+    monkeypatch.setattr("spanqa.formatting.PIECE_CHARS", 200)  # long contexts are tokenized in pieces
 
     def prop(pairs):
         questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]

@@ -62,10 +62,10 @@ def test_plain_hf_checkpoint_loads_with_default_settings(tiny_reader, tmp_path):
 def test_mlp_heads_are_refused(tiny_reader, tokenizer, tmp_path, capsys):
     from spanqa.cli import main
     from spanqa.hf import export_hf
-    from spanqa.model import HeadConfig, SpanReader
+    from spanqa.model import HeadConfig, SpanModel
     from spanqa.reader import Reader, ReaderConfig
 
-    mlp = Reader(SpanReader(tiny_reader.model.encoder, HeadConfig(kind="mlp")), tokenizer,
+    mlp = Reader(SpanModel(tiny_reader.model.encoder, HeadConfig(kind="mlp")), tokenizer,
                  ReaderConfig(head=HeadConfig(kind="mlp")), device="cpu")
     with pytest.raises(ModelError, match="mlp heads.*--format onnx"):
         export_hf(mlp, tmp_path / "x")

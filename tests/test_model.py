@@ -7,14 +7,14 @@ from conftest import tiny_bert_config
 from transformers import BertModel
 
 from spanqa.loss import span_loss
-from spanqa.model import HeadConfig, SpanReader, encoder_from_config
+from spanqa.model import HeadConfig, SpanModel, encoder_from_config
 
 
 def tiny(head: HeadConfig | None = None):
     torch.manual_seed(0)
     cfg = tiny_bert_config(100)
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-    return SpanReader(encoder_from_config(cfg), head or HeadConfig()).eval(), cfg
+    return SpanModel(encoder_from_config(cfg), head or HeadConfig()).eval(), cfg
 
 
 def inputs():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spanqa.formatting import FormatConfig, make_windows
-from spanqa.model import HeadConfig, SpanReader, encoder_from_config
+from spanqa.formatting import FormatConfig, iter_windows
+from spanqa.model import HeadConfig, SpanModel, encoder_from_config
 from spanqa.reader import Reader, ReaderConfig
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Café déjà vu, 東京 and emoji 😀 in text.",
@@ -31,7 +31,7 @@ def roberta_tokenizer():
 def test_roberta_windows_use_its_own_special_tokens(roberta_tokenizer):
     tok = roberta_tokenizer
     context = "Jane Austen   wrote it in 1813 — café 😀."
-    (w,) = make_windows(tok, ["Who wrote it?"], [context], FormatConfig(), answers=[(0, 11)])
+    (w,) = iter_windows(tok, ["Who wrote it?"], [context], FormatConfig(), answers=[(0, 11)])
     ids = w.input_ids.tolist()
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     assert ids.count(tok.sep_token_id) == 3  # <s> q </s></s> c </s>
@@ -48,7 +48,7 @@ def test_roberta_reader_answers_exact_slices(roberta_tokenizer, tmp_path):
     cfg = RobertaConfig(vocab_size=roberta_tokenizer.vocab_size + 8, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=514,
                         type_vocab_size=1, pad_token_id=roberta_tokenizer.pad_token_id)
-    reader = Reader(SpanReader(encoder_from_config(cfg), HeadConfig()), roberta_tokenizer, ReaderConfig(),
+    reader = Reader(SpanModel(encoder_from_config(cfg), HeadConfig()), roberta_tokenizer, ReaderConfig(),
                     device="cpu")
     context = "The quick brown fox jumps over the lazy dog. " * 30
     pred = reader.answer("What jumps?", context, top_k=3)
@@ -72,7 +72,7 @@ def test_v2_evaluation_reports_has_no_answer_and_threshold_sweep(tiny_reader, tm
     ]
     p = tmp_path / "v2.jsonl"
     p.write_text("\n".join(json.dumps(x) for x in lines))
-    tiny_reader.with_decode(allow_no_answer=True, null_threshold=0.0)
+    tiny_reader.config = tiny_reader.config.with_decode(allow_no_answer=True, null_threshold=0.0)
     m = evaluate(tiny_reader, load_dataset(p), out_dir=tmp_path / "ev")
     for k in ("HasAns_exact", "NoAns_exact", "best_f1", "best_f1_thresh", "begin_accuracy", "end_accuracy"):
         assert k in m
@@ -89,7 +89,7 @@ def test_roberta_max_context_with_whitespace_tokens(roberta_tokenizer):
     real context token may begin a span in exactly one window."""
     context = "The quick   brown fox  jumps over the lazy dog.   " * 25
     cfg = FormatConfig(max_seq_len=48, doc_stride=12, max_question_len=8)
-    wins = make_windows(roberta_tokenizer, ["What jumps?"], [context], cfg)
+    wins = list(iter_windows(roberta_tokenizer, ["What jumps?"], [context], cfg))
     assert len(wins) > 3
     owners: dict[tuple, int] = {}
     for w in wins:

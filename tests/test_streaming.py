@@ -1,4 +1,5 @@
-"""Lazy inference windows: the same windows as `make_windows`, made one at a time, with bounded memory."""
+"""Lazy windows: the tokenizer's own overflowing windows (the oracle `make_windows`), made one at a time, with bounded
+memory, and labelled for training exactly as the oracle labels them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from oracle_windows import make_windows
 from test_roberta_and_v2 import CORPUS, roberta_tokenizer  # noqa: F401  (a fixture, used by name)
 
-from spanqa.formatting import FormatConfig, make_windows
-from spanqa.streaming import iter_windows
+from spanqa.formatting import FormatConfig, iter_windows
 
 FIELDS = ("example_index", "input_ids", "token_type_ids", "offsets", "context_mask", "max_context")
 PARAGRAPH = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
@@ -29,7 +30,7 @@ def pairs(n_long: int = 2):
 @pytest.mark.parametrize("cfg", [FormatConfig(), FormatConfig(max_seq_len=64, doc_stride=20, max_question_len=16),
                                  FormatConfig(max_seq_len=48, doc_stride=25, max_question_len=8)])
 def test_same_windows_as_make_windows(tokenizer, cfg, monkeypatch):
-    monkeypatch.setattr("spanqa.streaming.PIECE_CHARS", 300)  # long contexts are tokenized in pieces: same tokens
+    monkeypatch.setattr("spanqa.formatting.PIECE_CHARS", 300)  # long contexts are tokenized in pieces: same tokens
     qs, cs = pairs()
     with pytest.warns(UserWarning) if cfg.max_question_len < 20 else _nothing():
         ref = make_windows(tokenizer, qs, cs, cfg)
@@ -75,13 +76,13 @@ def test_predict_scores_at_most_a_chunk_and_answers_alike(tiny_reader, monkeypat
     qs, cs = pairs(n_long=3)
     ref = tiny_reader.predict(qs, cs, top_k=3)
     seen = []
-    score = tiny_reader._score_windows
+    logits = tiny_reader.logits
 
-    def spy(windows, k, batch_size):
-        seen.append(len(windows))
-        return score(windows, k, batch_size)
+    def spy(batch):  # the one place the network runs: how many windows does it see at a time?
+        seen.append(len(batch["input_ids"]))
+        return logits(batch)
 
-    monkeypatch.setattr(tiny_reader, "_score_windows", spy)
+    monkeypatch.setattr(tiny_reader, "logits", spy)
     tiny_reader.chunk_windows = 2
     got = tiny_reader.predict(qs, cs, top_k=3)
     assert max(seen) <= 2 and len(seen) > 3
@@ -107,7 +108,7 @@ def test_token_budget_batches():
 
 def test_same_windows_with_a_byte_level_bpe_tokenizer(roberta_tokenizer, monkeypatch):  # noqa: F811
     """RoBERTa-style: </s></s> between the segments, no segment ids, zero-width lone-space tokens."""
-    monkeypatch.setattr("spanqa.streaming.PIECE_CHARS", 50)  # pieces cut at whitespace runs: the same tokens
+    monkeypatch.setattr("spanqa.formatting.PIECE_CHARS", 50)  # pieces cut at whitespace runs: the same tokens
     tok = roberta_tokenizer
     qs = ["Who jumps?", "What is over the dog?"]
     cs = [" ".join(CORPUS) + "  double  spaces ", "   ".join(CORPUS) * 4]
@@ -120,3 +121,25 @@ def test_same_windows_with_a_byte_level_bpe_tokenizer(roberta_tokenizer, monkeyp
     for a, b in zip(ref, got, strict=True):
         for f in FIELDS:
             assert np.array_equal(getattr(a, f), getattr(b, f)), (f, a.example_index)
+
+
+@pytest.mark.parametrize("cfg", [FormatConfig(max_seq_len=64, doc_stride=20, max_question_len=16),
+                                 FormatConfig(max_seq_len=48, doc_stride=25, max_question_len=8)])
+def test_training_labels_match_the_oracle(tokenizer, cfg):
+    """Training labels the lazy windows: the begin/end targets are the oracle's in every window, including the
+    windows that hold the answer only in part ([CLS] targets) and questions without an answer."""
+    qs, cs = pairs()
+    answers = []
+    for k, c in enumerate(cs):
+        if k == 1:
+            answers.append(None)
+            continue
+        at = c.index("Rollo", (len(c) * k) // (len(cs) + 1))  # answers spread through the long contexts
+        answers.append((at, at + len("Rollo, agreed")))
+    with pytest.warns(UserWarning):
+        ref = make_windows(tokenizer, qs, cs, cfg, answers)
+    with pytest.warns(UserWarning):
+        got = list(iter_windows(tokenizer, qs, cs, cfg, answers=answers))
+    assert len(got) == len(ref)
+    assert [(w.start_position, w.end_position) for w in got] == [(w.start_position, w.end_position) for w in ref]
+    assert sum(w.start_position > 0 for w in got) >= len(qs) - 1  # every answered question is labelled somewhere

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from spanqa.batching import collate
-from spanqa.formatting import make_windows
+from spanqa.config import TrainConfig
+from spanqa.formatting import iter_windows
 from spanqa.loss import span_loss
 from spanqa.reader import Reader
-from spanqa.training import TrainConfig, lr_factor, train
+from spanqa.training import lr_factor, train
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero_at_steps_or_time():
@@ -50,8 +51,8 @@ def mean_loss(reader: Reader, path) -> float:
     from spanqa.data import load_dataset
 
     ex = load_dataset(path).examples
-    wins = make_windows(reader.tokenizer, [e.question for e in ex], [e.context for e in ex], reader.config.format,
-                        [(e.answers[0].start, e.answers[0].end) for e in ex])
+    wins = list(iter_windows(reader.tokenizer, [e.question for e in ex], [e.context for e in ex], reader.config.format,
+                             answers=[(e.answers[0].start, e.answers[0].end) for e in ex]))
     batch = collate(wins, reader.tokenizer.pad_token_id, with_labels=True)
     reader.model.eval()
     with torch.no_grad():
@@ -64,9 +65,9 @@ def test_short_real_training_run_lowers_the_loss(base_dir, tmp_path):
     train_file = synthetic_jsonl(tmp_path / "train.jsonl", 300, seed=1)
     held_out = synthetic_jsonl(tmp_path / "held.jsonl", 64, seed=2)
     before = mean_loss(Reader.from_base(base_dir, device="cpu"), held_out)  # heads are seeded fresh as in train
-    summary = train(TrainConfig(base=base_dir, train=str(train_file), dev=str(held_out), out=str(tmp_path / "o"),
-                                max_steps=25, batch_size=12, lr=2e-4, progress=False, device="cpu",
-                                eval_limit=None, save_every=0))
+    summary = train(TrainConfig.from_flat(base=base_dir, train=str(train_file), dev=str(held_out),
+                                          out=str(tmp_path / "o"), max_steps=25, batch_size=12, lr=2e-4,
+                                          progress=False, device="cpu", eval_limit=None, save_every=0))
     after = mean_loss(Reader.load(tmp_path / "o", device="cpu"), held_out)
     assert summary["steps"] == 25 and summary["tokens_per_s"] > 0
     assert after < 0.6 * before, (before, after)

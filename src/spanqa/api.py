@@ -30,8 +30,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spanqa.config import ServeConfig
 from spanqa.errors import SpanqaError
-from spanqa.serving import ServeConfig
+from spanqa.validation import Invalid, check_text
 
 log = logging.getLogger("spanqa.serve")
 
@@ -108,15 +109,11 @@ def parse_json(raw: bytes):
 
 
 def _check_text(where: str, name: str, value: str, limit: int) -> None:
-    if not value.strip():
-        raise ApiError(422, "empty_field", f"{where}{name} is empty")
-    if len(value) > limit:
-        raise ApiError(422, f"{name}_too_long",
-                       f"{where}{name} has {len(value)} characters, above the limit of {limit}")
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(422, "invalid_field", f"{where}{name} is not valid Unicode (lone surrogate)") from None
+        check_text(value, name, limit=limit)
+    except Invalid as e:
+        code = {"empty": "empty_field", "too_long": f"{name}_too_long"}.get(e.kind, "invalid_field")
+        raise ApiError(422, code, f"{where}{e}") from None
 
 
 def validate_payload(payload, cfg: ServeConfig) -> tuple[list[AnswerRequest], bool]:
@@ -162,7 +159,7 @@ class _Job:
 
 
 @dataclass
-class BatchStats:
+class ServeStats:
     requests: int = 0
     items: int = 0
     batches: int = 0  # Reader.predict calls
@@ -177,7 +174,7 @@ class MicroBatcher:
         self.reader, self.cfg = reader, cfg
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.pending = 0  # items submitted and not yet answered
-        self.stats = BatchStats()
+        self.stats = ServeStats()
         self._task: asyncio.Task | None = None
         # One dedicated thread runs the network: batches never overlap and never wait on each other's threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanqa-reader")
@@ -265,18 +262,16 @@ class MicroBatcher:
         return ApiError(500, "internal", f"the reader failed on this request ({type(e).__name__})")
 
     def _answer(self, items: list[AnswerRequest]) -> list[dict]:
-        from spanqa.explain import token_probabilities
-
-        qs, cs = [it.question for it in items], [it.context for it in items]
-        preds = self.reader.predict(qs, cs, top_k=max(it.top_k for it in items),
-                                    batch_size=self.cfg.predict_batch_size)
-        out = [p.to_dict(it.top_k) for p, it in zip(preds, items, strict=True)]
-        want = [i for i, it in enumerate(items) if it.return_probabilities]
-        if want:
-            probs = token_probabilities(self.reader, [qs[i] for i in want], [cs[i] for i in want],
-                                        batch_size=self.cfg.predict_batch_size)
-            for i, tp in zip(want, probs, strict=True):
-                out[i]["probabilities"] = tp.to_dict()
+        """One Reader.predict call: the answers and, for the items that ask, the per-token probabilities of the
+        same forward pass."""
+        preds = self.reader.predict([it.question for it in items], [it.context for it in items],
+                                    top_k=max(it.top_k for it in items), batch_size=self.cfg.predict_batch_size,
+                                    probabilities=[it.return_probabilities for it in items])
+        out = []
+        for p, it in zip(preds, items, strict=True):
+            out.append(p.to_dict(it.top_k))
+            if it.return_probabilities:
+                out[-1]["probabilities"] = p.probabilities.to_dict()
         return out
 
 
@@ -321,25 +316,8 @@ def _web_file(name: str) -> str:
     return (importlib.resources.files("spanqa") / "web" / name).read_text(encoding="utf-8")
 
 
-def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", engine: str = "torch"):
-    """The FastAPI app over `reader` (already loaded). Run it with uvicorn, or test it with TestClient."""
-    cfg = cfg or ServeConfig()
-    from spanqa import __version__
-
-    batcher = MicroBatcher(reader, cfg)
-    started = time.time()
-    page = _web_file("index.html")
-    assets = {name: _web_file(name) for name in WEB_FILES}
-
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher.start()
-        yield
-        await batcher.stop()
-
-    app = FastAPIOffline(title="spanqa", version=__version__, lifespan=lifespan,
-                         description="Extractive question answering: a BERT-style encoder with begin and end heads.")
-    app.state.batcher = batcher
+def _add_error_handlers(app) -> None:
+    """Every error leaves as `{"error": {"code", "message"}}`, never as a traceback."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -360,6 +338,28 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
         log.exception("unexpected error on %s", request.url.path)
         return JSONResponse(error_body("internal", f"internal error ({type(exc).__name__})"), status_code=500)
 
+
+def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", engine: str = "torch"):
+    """The FastAPI app over `reader` (already loaded). Run it with uvicorn, or test it with TestClient."""
+    cfg = cfg or ServeConfig()
+    from spanqa import __version__
+
+    batcher = MicroBatcher(reader, cfg)
+    started = time.time()
+    page = _web_file("index.html")
+    assets = {name: _web_file(name) for name in WEB_FILES}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPIOffline(title="spanqa", version=__version__, lifespan=lifespan,
+                         description="Extractive question answering: a BERT-style encoder with begin and end heads.")
+    app.state.batcher = batcher
+
+    _add_error_handlers(app)
     item_schema = AnswerRequest.model_json_schema()
     body_schema = {"oneOf": [item_schema, {"type": "array", "items": item_schema, "minItems": 1,
                                            "maxItems": cfg.max_batch}]}

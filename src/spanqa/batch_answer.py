@@ -27,13 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spanqa.data import _Invalid, _need_str
 from spanqa.errors import DataError
 from spanqa.reader import Reader
+from spanqa.validation import Invalid, check_file, check_text
 
 
 @dataclass
-class BatchStats:
+class AnswerFileStats:
     answered: int = 0  # by this run
     already_done: int = 0  # found in the output and skipped
     recovered_partial_line: bool = False
@@ -55,34 +55,31 @@ Record = tuple[str | int, str, str]  # id, question, context
 
 
 def _parse(raw: bytes) -> Record | None:
-    """One input line -> (id, question, context); None for a blank line; _Invalid names the bad field."""
+    """One input line -> (id, question, context); None for a blank line; Invalid names the bad field."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _Invalid("line", f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise Invalid("line", f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not line.strip():
         return None
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise _Invalid("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
+        raise Invalid("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
-        raise _Invalid("line", "is nested too deeply") from None
+        raise Invalid("line", "is nested too deeply") from None
     if not isinstance(rec, dict):
-        raise _Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
+        raise Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
     qid = rec.get("id")
     if qid is None:
-        raise _Invalid("id", "is missing")
+        raise Invalid("id", "is missing")
     if isinstance(qid, bool) or not isinstance(qid, str | int):
-        raise _Invalid("id", f"must be a string or an integer, got {type(qid).__name__}")
-    return qid, _need_str(rec.get("question"), "question"), _need_str(rec.get("context"), "context")
+        raise Invalid("id", f"must be a string or an integer, got {type(qid).__name__}")
+    return qid, check_text(rec.get("question"), "question"), check_text(rec.get("context"), "context")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a .jsonl file")
+    check_file(path, expect="a .jsonl file")
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             yield from enumerate(f, start=1)
@@ -99,7 +96,7 @@ def _records(path: Path, skip_lines: set[int]) -> Iterator[tuple[int, Record]]:
                 yield n, rec
 
 
-def _scan(path: Path, done: set, skip_invalid: bool, stats: BatchStats) -> tuple[int, set[int]]:
+def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> tuple[int, set[int]]:
     """Validate every line; return how many questions are left to answer and the lines to skip."""
     seen: set = set()
     skip: set[int] = set()
@@ -115,7 +112,7 @@ def _scan(path: Path, done: set, skip_invalid: bool, stats: BatchStats) -> tuple
     for n, raw in _lines(path):
         try:
             rec = _parse(raw)
-        except _Invalid as e:
+        except Invalid as e:
             bad(n, e.field_name, e.reason)
             continue
         if rec is None:
@@ -182,7 +179,7 @@ def answer_file(
     batch_size: int = 32,
     skip_invalid: bool = False,
     progress: bool = True,
-) -> BatchStats:
+) -> AnswerFileStats:
     """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
     inp, outp = Path(input_path), Path(output_path)
     if chunk < 1 or batch_size < 1 or top_k < 1:
@@ -190,7 +187,7 @@ def answer_file(
     if outp.exists() and inp.exists() and outp.resolve() == inp.resolve():
         raise DataError(f"{outp}: the output would overwrite the input; choose another --output")
     t0 = time.perf_counter()
-    stats = BatchStats()
+    stats = AnswerFileStats()
     done, stats.recovered_partial_line = recover_output(outp)
     todo, skip = _scan(inp, done, skip_invalid, stats)
 

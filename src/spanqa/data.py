@@ -8,15 +8,16 @@ counted and skipped.
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spanqa.errors import DataError
+from spanqa.validation import Invalid, check_int, check_text, is_unicode, open_text
+
+__all__ = ["Dataset", "Example", "GoldAnswer", "is_unicode", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -50,50 +51,16 @@ class Dataset:
         return any(e.is_impossible for e in self.examples)
 
 
-class _Invalid(Exception):
-    def __init__(self, field_name: str, reason: str):
-        super().__init__(reason)
-        self.field_name = field_name
-        self.reason = reason
-
-
-def _need_str(value: Any, field_name: str, allow_empty: bool = False) -> str:
-    if value is None:
-        raise _Invalid(field_name, "is missing")
-    if not isinstance(value, str):
-        raise _Invalid(field_name, f"must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise _Invalid(field_name, "is empty")
-    if not is_unicode(value):
-        raise _Invalid(field_name, "is not valid Unicode (it holds a lone surrogate, e.g. a JSON \\udc80 escape)")
-    return value
-
-
-def is_unicode(text: str) -> bool:
-    """False for strings with lone surrogates, which JSON escapes can produce and tokenizers reject."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _need_int(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(field_name, f"must be an integer, got {type(value).__name__}")
-    return value
-
-
 def _make_answers(context: str, texts: list, starts: list, field_prefix: str) -> tuple[GoldAnswer, ...]:
     if len(texts) != len(starts):
-        raise _Invalid(field_prefix, f"has {len(texts)} texts but {len(starts)} answer_start values")
+        raise Invalid(field_prefix, f"has {len(texts)} texts but {len(starts)} answer_start values")
     answers = []
     for k, (t, s) in enumerate(zip(texts, starts, strict=True)):
-        text = _need_str(t, f"{field_prefix}[{k}].text")
-        start = _need_int(s, f"{field_prefix}[{k}].answer_start")
+        text = check_text(t, f"{field_prefix}[{k}].text")
+        start = check_int(s, f"{field_prefix}[{k}].answer_start")
         if start < 0 or context[start : start + len(text)] != text:
             found = context[max(start, 0) : max(start, 0) + len(text)]
-            raise _Invalid(
+            raise Invalid(
                 f"{field_prefix}[{k}].answer_start",
                 f"= {start} does not point at the answer text {text!r} (the context there reads {found!r})",
             )
@@ -103,22 +70,6 @@ def _make_answers(context: str, texts: list, starts: list, field_prefix: str) ->
 
 def _example(qid: Any, question: Any, context: str, answers: tuple, impossible: bool) -> Example:
     return Example(id=qid, question=question, context=context, answers=answers, is_impossible=impossible)
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a .json, .jsonl or .gz file")
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                return f.read()
-        return path.read_text(encoding="utf-8")
-    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged gzip data
-        raise DataError(f"{path}: cannot read: {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _is_jsonl(path: Path, text: str) -> bool:
@@ -152,7 +103,7 @@ class _Collector:
     def add(self, where: str, build) -> None:
         try:
             ex = build()
-        except _Invalid as e:
+        except Invalid as e:
             self.fail(where, e.field_name, e.reason)
             return
         if ex.id in self.seen_ids:
@@ -177,8 +128,8 @@ def _load_squad(data: Any, col: _Collector) -> str:
                 col.fail(where_p, "paragraph", "is not an object")
                 continue
             try:
-                context = _need_str(para.get("context"), "context")
-            except _Invalid as e:
+                context = check_text(para.get("context"), "context")
+            except Invalid as e:
                 qas = para.get("qas")
                 for _ in range(len(qas) if isinstance(qas, list) and qas else 1):  # one failure per question
                     col.fail(where_p, e.field_name, e.reason)
@@ -195,20 +146,20 @@ def _load_squad(data: Any, col: _Collector) -> str:
                 where = f"id {qid!r}" if isinstance(qid, str) else f"{where_p}.qas[{q}]"
 
                 def build(qa=qa, context=context) -> Example:
-                    qid = _need_str(qa.get("id"), "id")
-                    question = _need_str(qa.get("question"), "question")
+                    qid = check_text(qa.get("id"), "id")
+                    question = check_text(qa.get("question"), "question")
                     impossible = bool(qa.get("is_impossible", False))
                     raw = qa.get("answers", [])
                     if not isinstance(raw, list):
-                        raise _Invalid("answers", "must be a list")
+                        raise Invalid("answers", "must be a list")
                     for k, ans in enumerate(raw):
                         if not isinstance(ans, dict):
-                            raise _Invalid(f"answers[{k}]", "must be an object with text and answer_start")
+                            raise Invalid(f"answers[{k}]", "must be an object with text and answer_start")
                     texts = [ans.get("text") for ans in raw]
                     starts = [ans.get("answer_start") for ans in raw]
                     answers = _make_answers(context, texts, starts, "answers")
                     if not answers and not impossible:
-                        raise _Invalid("answers", "is empty but is_impossible is not true")
+                        raise Invalid("answers", "is empty but is_impossible is not true")
                     if impossible:
                         answers = ()
                     return _example(qid, question, context, answers, impossible)
@@ -238,15 +189,15 @@ def _load_jsonl(text: str, col: _Collector) -> None:
             where = f"line {n} (id {rec['id']!r})"
 
         def build(rec=rec) -> Example:
-            qid = _need_str(rec.get("id"), "id")
-            question = _need_str(rec.get("question"), "question")
-            context = _need_str(rec.get("context"), "context")
+            qid = check_text(rec.get("id"), "id")
+            question = check_text(rec.get("question"), "question")
+            context = check_text(rec.get("context"), "context")
             answers = rec.get("answers", {"text": [], "answer_start": []})
             if not isinstance(answers, dict):
-                raise _Invalid("answers", "must be an object {'text': [...], 'answer_start': [...]}")
+                raise Invalid("answers", "must be an object {'text': [...], 'answer_start': [...]}")
             texts, starts = answers.get("text", []), answers.get("answer_start", [])
             if not isinstance(texts, list) or not isinstance(starts, list):
-                raise _Invalid("answers", "text and answer_start must be lists")
+                raise Invalid("answers", "text and answer_start must be lists")
             gold = _make_answers(context, texts, starts, "answers")
             return _example(qid, question, context, gold, not gold)
 
@@ -256,7 +207,7 @@ def _load_jsonl(text: str, col: _Collector) -> None:
 def load_dataset(path: str | Path, skip_invalid: bool = False) -> Dataset:
     """Read a SQuAD JSON or HF-layout JSONL file (optionally gzipped) into validated examples."""
     path = Path(path)
-    text = _read_text(path)
+    text = open_text(path, expect="a .json, .jsonl or .gz file", newlines=True)
     col = _Collector(path, skip_invalid)
     if _is_jsonl(path, text):
         _load_jsonl(text, col)

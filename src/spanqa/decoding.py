@@ -23,13 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    max_answer_len: int = 30  # tokens
-    allow_no_answer: bool = False
-    null_threshold: float = 0.0  # log-odds margin of null over the best span needed to say "no answer"
-    n_best: int = 20  # candidates kept per question for nbest.json
+from spanqa.config import DecodeConfig
 
 
 @dataclass(frozen=True)
@@ -80,21 +74,6 @@ def best_spans(
     return scores, begins, ends
 
 
-def merge_windows(
-    context: str,
-    window_ids: list[int],
-    offsets: list[np.ndarray],
-    scores: np.ndarray,
-    begins: np.ndarray,
-    ends: np.ndarray,
-    n: int,
-) -> list[SpanCandidate]:
-    """Rank the candidates of all windows of one question by score; the same character span counts once."""
-    starts = np.stack([offsets[r][begins[r], 0] for r in range(len(window_ids))])
-    stops = np.stack([offsets[r][ends[r], 1] for r in range(len(window_ids))])
-    return merge_spans(context, window_ids, scores, begins, ends, starts, stops, n)
-
-
 def merge_spans(
     context: str,
     window_ids: list[int],
@@ -105,7 +84,10 @@ def merge_spans(
     char_ends: np.ndarray,
     n: int,
 ) -> list[SpanCandidate]:
-    """`merge_windows` with the spans already mapped to characters, so the windows themselves can be let go."""
+    """Rank the candidates of all windows of one question by score; the same character span counts once.
+
+    The spans come already mapped to characters (`char_starts`, `char_ends`), so the windows themselves can be let go.
+    """
     flat = []
     for r, w in enumerate(window_ids):
         for c, s in enumerate(scores[r]):

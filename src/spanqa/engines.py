@@ -1,6 +1,6 @@
 """Inference engines: what runs the network inside `Reader.logits(batch)`.
 
-    torch       the SpanReader in PyTorch, on any device
+    torch       the SpanModel in PyTorch, on any device
     onnx        ONNX Runtime on the CPU, fp32, on a graph rewritten to ORT's fused BERT operators
                 (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu)
     onnx-int8   the same graph with dynamic int8 quantisation of its MatMuls and Attention
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spanqa.config import ENGINES
 from spanqa.errors import ConfigError, ModelError
-from spanqa.model import SpanReader, mask_logits
+from spanqa.model import SpanModel, mask_logits, without_pooler
 
-ENGINES = ("torch", "onnx", "onnx-int8")
 GRAPH_FILE = "model.onnx"
 EXPORT_JSON = "export.json"
 OPSET = 17
@@ -82,7 +82,7 @@ class OnnxEngine:
         return mask_logits(torch.from_numpy(begin), span), mask_logits(torch.from_numpy(end), span)
 
 
-def load_engine(kind: str, model: SpanReader, cache_dir: str | Path | None = None,
+def load_engine(kind: str, model: SpanModel, cache_dir: str | Path | None = None,
                 threads: int | None = None) -> OnnxEngine | None:
     """The engine for `kind`: None for torch (the reader runs its model), else a session on the cached graph."""
     check_engine(kind)
@@ -100,7 +100,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spanqa"
 
 
-def weights_hash(model: SpanReader) -> str:
+def weights_hash(model: SpanModel) -> str:
     """sha256 of the encoder config, the head config and every weight: the identity of a graph's source."""
     h = hashlib.sha256()
     h.update(model.encoder.config.to_json_string(use_diff=False).encode())
@@ -119,7 +119,7 @@ def _versions() -> dict:
             "transformers": version("transformers"), "export_format": EXPORT_FORMAT}
 
 
-def cached_graph(model: SpanReader, int8: bool, cache_dir: str | Path | None = None) -> Path:
+def cached_graph(model: SpanModel, int8: bool, cache_dir: str | Path | None = None) -> Path:
     """The directory holding this model's graph; exported, optimised (and quantised) on first use."""
     versions = _versions()
     key = hashlib.sha256((weights_hash(model) + json.dumps(versions, sort_keys=True)).encode()).hexdigest()[:20]
@@ -145,7 +145,7 @@ def cached_graph(model: SpanReader, int8: bool, cache_dir: str | Path | None = N
 class _Logits(nn.Module):
     """The exported function: token ids -> unmasked (begin, end) logits. Masking stays in Python, for all engines."""
 
-    def __init__(self, model: SpanReader, encoder: nn.Module):
+    def __init__(self, model: SpanModel, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.begin_head = copy.deepcopy(model.begin_head).cpu().float()  # the reader may live on a GPU
@@ -164,10 +164,7 @@ def eager_copy(encoder: nn.Module) -> nn.Module:
     """The same encoder with eager attention: ORT fuses its MatMul-Softmax-MatMul pattern, not SDPA's."""
     from transformers import AutoModel
 
-    try:
-        eager = AutoModel.from_config(encoder.config, attn_implementation="eager", add_pooling_layer=False)
-    except TypeError:
-        eager = AutoModel.from_config(encoder.config, attn_implementation="eager")
+    eager = without_pooler(AutoModel.from_config, encoder.config, attn_implementation="eager")
     result = eager.load_state_dict(encoder.state_dict(), strict=False)
     missing = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("pooler.")]
     if missing:
@@ -175,7 +172,7 @@ def eager_copy(encoder: nn.Module) -> nn.Module:
     return eager.float().eval()
 
 
-def export_onnx(model: SpanReader, out: str | Path, int8: bool = False, opset: int = OPSET,
+def export_onnx(model: SpanModel, out: str | Path, int8: bool = False, opset: int = OPSET,
                 extra: dict | None = None) -> dict:
     """Write `out/model.onnx` (fused for ORT, optionally int8) and `out/export.json` (with `extra`); return the
     latter."""

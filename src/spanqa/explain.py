@@ -10,81 +10,26 @@ both sides, the only window where the decoder lets it begin a span). Each contex
 once, in context order. With one window the P_begin of all tokens plus P_begin(CLS) sums to 1; with several windows
 the sums hold per window, not over the merged list.
 
-`token_probabilities` is shared by the HTTP API (`return_probabilities`) and `spanqa explain`.
+The probabilities come from the reader's one scoring pass (spanqa.scoring), the same pass that finds the answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from spanqa.batching import collate, length_grouped_batches
-from spanqa.decoding import log_probs
 from spanqa.errors import SpanqaError
-from spanqa.formatting import make_windows
+from spanqa.scoring import TokenProbs
 
 CHART_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-@dataclass
-class TokenProbs:
-    """Per context token: its text, character offsets, and the begin/end probabilities of its max-context window."""
-
-    text: list[str] = field(default_factory=list)
-    start: list[int] = field(default_factory=list)  # text[k] == context[start[k]:end[k]]
-    end: list[int] = field(default_factory=list)
-    p_begin: list[float] = field(default_factory=list)
-    p_end: list[float] = field(default_factory=list)
-    window: list[int] = field(default_factory=list)  # which window the probabilities come from
-    null: list[tuple[float, float]] = field(default_factory=list)  # (P_begin(CLS), P_end(CLS)) per window
-
-    def __len__(self) -> int:
-        return len(self.text)
-
-    def to_dict(self) -> dict:
-        tokens = [{"text": t, "start": s, "end": e, "p_begin": b, "p_end": n, "window": w}
-                  for t, s, e, b, n, w in zip(self.text, self.start, self.end, self.p_begin, self.p_end, self.window,
-                                              strict=True)]
-        return {"tokens": tokens, "windows": len(self.null),
-                "null": [{"p_begin": b, "p_end": e} for b, e in self.null]}
-
-
-@torch.inference_mode()
 def token_probabilities(reader, questions: Sequence[str], contexts: Sequence[str],
                         batch_size: int = 32) -> list[TokenProbs]:
-    """Per-token P_begin and P_end for each (question, context), with the same windows and network as the reader."""
-    windows = make_windows(reader.tokenizer, questions, contexts, reader.config.format)
-    out = [TokenProbs() for _ in contexts]
-    per_example: list[list[int]] = [[] for _ in contexts]  # window indices of each example, in order
-    for i, w in enumerate(windows):
-        per_example[w.example_index].append(i)
-    probs: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(windows)
-    pad = reader.tokenizer.pad_token_id or 0
-    for batch_idx in length_grouped_batches([len(w) for w in windows], batch_size, rng=None):
-        batch = collate([windows[i] for i in batch_idx], pad)
-        lb, le = reader.logits(batch)  # the one place the network runs
-        pb, pe = log_probs(lb).exp().cpu().numpy(), log_probs(le).exp().cpu().numpy()
-        for r, i in enumerate(batch_idx):
-            probs[i] = (pb[r], pe[r])
-    for ex, idx in enumerate(per_example):
-        tp, context = out[ex], contexts[ex]
-        for k, i in enumerate(idx):
-            w = windows[i]
-            pb, pe = probs[i]
-            tp.null.append((float(pb[0]), float(pe[0])))
-            for pos in np.flatnonzero(w.context_mask & w.max_context):
-                s, e = int(w.offsets[pos, 0]), int(w.offsets[pos, 1])
-                tp.text.append(context[s:e])
-                tp.start.append(s)
-                tp.end.append(e)
-                tp.p_begin.append(float(pb[pos]))
-                tp.p_end.append(float(pe[pos]))
-                tp.window.append(k)
-    return out
+    """Per-token P_begin and P_end for each (question, context), from the reader's scoring pass."""
+    return [p.probabilities for p in reader.predict(questions, contexts, batch_size=batch_size, probabilities=True)]
 
 
 def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span: tuple[int, int] | None = None,
@@ -142,8 +87,8 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
 
 def explain(reader, question: str, context: str, out: str | Path, log_scale: bool = False) -> tuple[dict, Path]:
     """Answer, then draw the chart with the predicted span marked; return (the CLI's JSON answer, chart path)."""
-    pred = reader.answer(question, context, top_k=1)
-    tp = token_probabilities(reader, [question], [context])[0]
+    pred = reader.answer(question, context, top_k=1, probabilities=True)
+    tp = pred.probabilities
     best = None if pred.no_answer else pred.best
     span = (best.start, best.end) if best else None
     path = plot_probabilities(tp, out, question, span, best.text if best else "", log_scale)

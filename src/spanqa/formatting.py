@@ -1,29 +1,35 @@
-"""Input sequence formatting: `[CLS] question [SEP] context [SEP]` windows with character offsets.
+"""Input formatting: `[CLS] question [SEP] context [SEP]` windows with character offsets, cut lazily.
 
-A long context is cut into overlapping windows. Consecutive windows share `doc_stride` context tokens
-(the Hugging Face `run_qa` convention), so an answer near a window edge is whole in some window. Every
-context token keeps its (start, end) character offsets into the original string, so an answer is always
-`context[start:end]`. The tokenizer's own special tokens are used, so BERT- and RoBERTa-style tokenizers
-both work.
+A long context is cut into overlapping windows; consecutive windows share `doc_stride` context tokens (the Hugging
+Face `run_qa` convention), so an answer near a window edge is whole in some window. Every context token keeps its
+(start, end) character offsets into the original string, so an answer is always `context[start:end]`. The
+tokenizer's own special tokens are used, so BERT- and RoBERTa-style tokenizers both work.
+
+This is the one window maker, for training (`answers` given: windows carry begin/end targets) and inference alike.
+Each distinct context is tokenized once, without special tokens, into two O(n) arrays (token ids and character
+offsets), and its windows are cut from those arrays one at a time as the caller asks for them:
+
+    [CLS] question [SEP] context[s_k : s_k + room] [SEP]      s_k = k · (room - doc_stride)
+
+the windows of the tokenizer's own overflow (`stride=doc_stride`; tests/oracle_windows.py keeps that reference), so
+a 1 MB context never sits in memory as windows.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from spanqa.config import FormatConfig
 from spanqa.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class FormatConfig:
-    max_seq_len: int = 384  # tokens per window, special tokens included
-    doc_stride: int = 128  # context tokens shared by consecutive windows
-    max_question_len: int = 64  # longer questions are truncated with a warning
-
+__all__ = ["FormatConfig", "Window", "check_settings", "iter_windows", "label", "pair_template"]
 
 @dataclass
 class Window:
@@ -74,20 +80,195 @@ def check_settings(cfg: FormatConfig, tokenizer, max_positions: int | None = Non
         )
 
 
-def truncate_questions(tokenizer, questions: Sequence[str], max_len: int) -> tuple[list[str], int]:
-    """Cut questions to `max_len` tokens at a token boundary; return them and how many were cut."""
-    enc = tokenizer(list(questions), add_special_tokens=False, return_offsets_mapping=True)
-    out, n_cut = [], 0
-    for q, ids, offs in zip(questions, enc["input_ids"], enc["offset_mapping"], strict=True):
-        if len(ids) > max_len:
-            out.append(q[: offs[max_len - 1][1]])
-            n_cut += 1
-        else:
-            out.append(q)
-    return out, n_cut
+CONTEXT_CHARS_PER_CALL = 1_000_000  # context characters per group of questions: bounds the tokenized contexts held
+QUESTIONS_PER_CALL = 256
+PIECE_CHARS = 50_000  # a longer text is tokenized in pieces of about this size
+_SPACE = re.compile(r"(?<=\S)\s")  # the start of a whitespace run: a run is never split between pieces
 
 
-def _label(offsets: np.ndarray, ctx_pos: np.ndarray, start_char: int, end_char: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where the tokenizer puts its special tokens around a (question, context) pair, and the segment ids."""
+
+    prefix: np.ndarray  # ids before the question, e.g. [CLS]
+    middle: np.ndarray  # ids between question and context, e.g. [SEP] (RoBERTa: </s></s>)
+    suffix: np.ndarray  # ids after the context, e.g. [SEP]
+    prefix_types: np.ndarray
+    middle_types: np.ndarray
+    suffix_types: np.ndarray
+    question_type: int
+    context_type: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def pair_template(tokenizer) -> PairTemplate:
+    """Read the template off the tokenizer's own encoding of a short pair, so any BERT/RoBERTa-style one works."""
+    enc = tokenizer("a", "b", return_token_type_ids=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    types = np.asarray(enc.get("token_type_ids") or [0] * len(ids), dtype=np.int64)
+    seq = enc.sequence_ids(0)
+    q = [i for i, s in enumerate(seq) if s == 0]
+    c = [i for i, s in enumerate(seq) if s == 1]
+    parts = [slice(0, q[0]), slice(q[-1] + 1, c[0]), slice(c[-1] + 1, len(ids))]
+    return PairTemplate(*(ids[p] for p in parts), *(types[p] for p in parts), int(types[q[0]]), int(types[c[0]]))
+
+
+def window_starts(n_ctx: int, room: int, stride: int) -> list[int]:
+    """First context token of each window: windows of `room` tokens, consecutive ones sharing `stride`."""
+    starts = [0]
+    while starts[-1] + room < n_ctx:
+        starts.append(starts[-1] + room - stride)
+    return starts
+
+
+def max_context(starts: Sequence[int], n_ctx: int, room: int, step: int, k: int) -> np.ndarray:
+    """For window k's context tokens: is k the window that gives the token the most context on both sides?
+
+    BERT's max-context rule: a token seen in several windows begins a span only where it has the most context on
+    both sides (ties: the earliest window); computed from the neighbours of window k only, since no other window
+    shares a token with it.
+    """
+    s_k = starts[k]
+    t = np.arange(s_k, min(s_k + room, n_ctx))
+    reach = math.ceil(room / step)  # windows further apart than this share no token
+    best = np.full(len(t), -np.inf)
+    owner = np.full(len(t), -1)
+    for j in range(max(0, k - reach), min(len(starts), k + reach + 1)):
+        s, n = starts[j], min(room, n_ctx - starts[j])
+        inside = (t >= s) & (t < s + n)
+        score = np.where(inside, np.minimum(t - s, s + n - 1 - t) + 0.01 * n, -np.inf)
+        better = score > best
+        best[better] = score[better]
+        owner[better] = j
+    return owner == k
+
+
+def _tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, character offsets) of each text, without special tokens and without truncation.
+
+    Short texts go in one tokenizer call. A long one goes in pieces of about PIECE_CHARS characters, cut where a
+    whitespace run starts (no WordPiece or byte-level BPE token straddles such a cut: tested against whole-text
+    tokenization), so the tokenizer's per-token Python objects never exist for more than one piece at a time; the
+    result is 12 bytes a token.
+    """
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+    short = [i for i, t in enumerate(texts) if len(t) <= PIECE_CHARS]
+    if short:
+        for i, pair in zip(short, _encode(tokenizer, [texts[i] for i in short]), strict=True):
+            out[i] = pair
+    for i, text in enumerate(texts):
+        if out[i] is None:
+            parts = []
+            for a, b in _pieces(text):
+                ids, offs = _encode(tokenizer, [text[a:b]])[0]
+                parts.append((ids, offs + a))
+            out[i] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return out
+
+
+def _encode(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                    return_token_type_ids=False, verbose=False)
+    return [(np.asarray(ids, dtype=np.int32), np.asarray(offs, dtype=np.int32).reshape(-1, 2))
+            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    cuts = [0]
+    while len(text) - cuts[-1] > PIECE_CHARS:
+        m = _SPACE.search(text, cuts[-1] + PIECE_CHARS)
+        if m is None:
+            break
+        cuts.append(m.start())
+    cuts.append(len(text))
+    return list(itertools.pairwise(cuts))
+
+
+def _groups(contexts: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """Consecutive question ranges whose distinct contexts are tokenized in one call."""
+    lo = 0
+    while lo < len(contexts):
+        hi, chars, prev = lo, 0, None
+        while hi < len(contexts) and hi - lo < QUESTIONS_PER_CALL and (chars < CONTEXT_CHARS_PER_CALL or hi == lo):
+            if contexts[hi] != prev:
+                chars += len(contexts[hi])
+                prev = contexts[hi]
+            hi += 1
+        yield lo, hi
+        lo = hi
+
+
+def iter_windows(
+    tokenizer,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    cfg: FormatConfig,
+    template: PairTemplate | None = None,
+    answers: Sequence[tuple[int, int] | None] | None = None,
+) -> Iterator[Window]:
+    """Windows of every (question, context) pair, in question order, made one at a time.
+
+    `answers`, when given, holds one (start_char, end_char) per pair, or None for no answer; the windows then carry
+    begin/end targets, with [CLS] (position 0) for windows that do not contain the answer.
+    """
+    tpl = template or pair_template(tokenizer)
+    n_cut = 0
+    for lo, hi in _groups(contexts):
+        unique: dict[str, int] = {}
+        for c in contexts[lo:hi]:
+            unique.setdefault(c, len(unique))
+        tokenized = _tokenize(tokenizer, list(unique))
+        q_ids = [ids for ids, _ in _tokenize(tokenizer, questions[lo:hi])]
+        for ex in range(lo, hi):
+            q = q_ids[ex - lo]
+            if len(q) > cfg.max_question_len:
+                q, n_cut = q[: cfg.max_question_len], n_cut + 1
+            c_ids, c_offs = tokenized[unique[contexts[ex]]]
+            answer = answers[ex] if answers is not None else None
+            yield from _pair_windows(ex, q, c_ids, c_offs, cfg, tpl, answer)
+        del tokenized
+    if n_cut:
+        warnings.warn(f"{n_cut} question(s) longer than max_question_len={cfg.max_question_len} tokens were "
+                      "truncated", stacklevel=2)
+
+
+def _pair_windows(ex: int, q: np.ndarray, c_ids: np.ndarray, c_offs: np.ndarray, cfg: FormatConfig,
+                  tpl: PairTemplate, answer: tuple[int, int] | None) -> Iterator[Window]:
+    room = cfg.max_seq_len - len(q) - tpl.n_special
+    starts = window_starts(len(c_ids), room, cfg.doc_stride)
+    head = np.concatenate([tpl.prefix, q, tpl.middle])
+    head_types = np.concatenate([tpl.prefix_types, np.full(len(q), tpl.question_type), tpl.middle_types])
+    for k, s in enumerate(starts):
+        e = min(s + room, len(c_ids))
+        n = e - s
+        total = len(head) + n + len(tpl.suffix)
+        segment = slice(len(head), len(head) + n)
+        offsets = np.full((total, 2), -1, dtype=np.int64)
+        offsets[segment] = c_offs[s:e]
+        # context tokens that cover no character (byte-level BPE's lone spaces) never begin or end an answer, but
+        # they count in the windows' geometry
+        ctx = offsets[:, 1] > offsets[:, 0]
+        offsets[~ctx] = -1
+        mc = np.zeros(total, dtype=bool)
+        mc[segment] = max_context(starts, len(c_ids), room, room - cfg.doc_stride, k) if len(starts) > 1 else True
+        mc &= ctx
+        gold = label(offsets, np.flatnonzero(ctx), *answer) if answer is not None else (0, 0)
+        yield Window(
+            example_index=ex,
+            input_ids=np.concatenate([head, c_ids[s:e], tpl.suffix]),
+            token_type_ids=np.concatenate([head_types, np.full(n, tpl.context_type), tpl.suffix_types]),
+            offsets=offsets,
+            context_mask=ctx,
+            max_context=mc,
+            start_position=gold[0],
+            end_position=gold[1],
+        )
+
+
+def label(offsets: np.ndarray, ctx_pos: np.ndarray, start_char: int, end_char: int) -> tuple[int, int]:
     """Token positions of a character span inside this window, or (0, 0) if it is not wholly inside."""
     ctx_off = offsets[ctx_pos]
     if len(ctx_pos) == 0 or ctx_off[0, 0] > start_char or ctx_off[-1, 1] < end_char:
@@ -98,92 +279,3 @@ def _label(offsets: np.ndarray, ctx_pos: np.ndarray, start_char: int, end_char: 
     if b > e or b >= len(ctx_pos) or e < 0:
         return 0, 0
     return int(ctx_pos[b]), int(ctx_pos[e])
-
-
-def _mark_max_context(windows: list[Window], segments: list[np.ndarray], stride: int) -> None:
-    """For tokens seen in several windows, keep the window where the token has the most context on both
-    sides (BERT's max-context rule); only there may the token begin a span. `segments` holds each window's
-    context-segment positions; consecutive windows share exactly `stride` of them."""
-    doc_start = 0
-    spans = []  # (first doc index, ctx positions) per window
-    for pos in segments:
-        spans.append((doc_start, pos))
-        doc_start += max(len(pos) - stride, 1)
-    n_doc = max(s + len(p) for s, p in spans)
-    best = np.full(n_doc, -1.0)
-    owner = np.full(n_doc, -1)
-    for k, (s, pos) in enumerate(spans):
-        n = len(pos)
-        i = np.arange(n)
-        score = np.minimum(i, n - 1 - i) + 0.01 * n
-        better = score > best[s : s + n]
-        best[s : s + n][better] = score[better]
-        owner[s : s + n][better] = k
-    for k, (w, (s, pos)) in enumerate(zip(windows, spans, strict=True)):
-        mc = np.zeros(len(w), dtype=bool)
-        mc[pos] = owner[s : s + len(pos)] == k
-        w.max_context = mc & w.context_mask
-
-
-def make_windows(
-    tokenizer,
-    questions: Sequence[str],
-    contexts: Sequence[str],
-    cfg: FormatConfig,
-    answers: Sequence[tuple[int, int] | None] | None = None,
-    example_offset: int = 0,
-) -> list[Window]:
-    """Format (question, context) pairs into windows.
-
-    `answers`, when given, holds one (start_char, end_char) per pair, or None for no answer; the windows then
-    carry begin/end targets, with [CLS] (position 0) for windows that do not contain the answer.
-    """
-    questions, n_cut = truncate_questions(tokenizer, questions, cfg.max_question_len)
-    if n_cut:
-        warnings.warn(
-            f"{n_cut} question(s) longer than max_question_len={cfg.max_question_len} tokens were truncated",
-            stacklevel=2,
-        )
-    enc = tokenizer(
-        list(questions),
-        list(contexts),
-        truncation="only_second",
-        max_length=cfg.max_seq_len,
-        stride=cfg.doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        return_token_type_ids=True,
-        padding=False,
-    )
-    by_example: dict[int, list[Window]] = {}
-    segments: dict[int, list[np.ndarray]] = {}
-    for w in range(len(enc["input_ids"])):
-        ex = int(enc["overflow_to_sample_mapping"][w])
-        seq = enc.sequence_ids(w)
-        ids = np.asarray(enc["input_ids"][w], dtype=np.int64)
-        offsets = np.asarray(enc["offset_mapping"][w], dtype=np.int64).reshape(-1, 2)
-        # Context tokens that cover no character (byte-level BPE's lone spaces) can never begin or end an answer.
-        ctx = np.array([s == 1 for s in seq], dtype=bool) & (offsets[:, 1] > offsets[:, 0])
-        offsets[~ctx] = -1
-        # RoBERTa-style tokenizers give all-zero type ids; BERT-style ones mark the context segment with 1.
-        tt = enc["token_type_ids"][w] if "token_type_ids" in enc else [0] * len(ids)
-        win = Window(
-            example_index=example_offset + ex,
-            input_ids=ids,
-            token_type_ids=np.asarray(tt, dtype=np.int64),
-            offsets=offsets,
-            context_mask=ctx,
-            max_context=ctx.copy(),
-        )
-        if answers is not None and answers[ex] is not None:
-            s, e = answers[ex]
-            win.start_position, win.end_position = _label(offsets, np.flatnonzero(ctx), s, e)
-        by_example.setdefault(ex, []).append(win)
-        segments.setdefault(ex, []).append(np.flatnonzero([s == 1 for s in seq]))
-    out: list[Window] = []
-    for ex in sorted(by_example):
-        wins = by_example[ex]
-        if len(wins) > 1:
-            _mark_max_context(wins, segments[ex], cfg.doc_stride)
-        out.extend(wins)
-    return out

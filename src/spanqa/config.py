@@ -1,0 +1,298 @@
+"""Every setting of spanqa, defined once: formatting, decoding, heads, the reader, training and serving.
+
+Standard library only, so any module (and the CLI's parser) can import it without paying for torch. A reader's
+`ReaderConfig` is saved next to its weights as `spanqa.json`; the CLI builds its flags, defaults and help from
+these dataclasses (`spanqa.cli.add_flags`), and value checks live in `__post_init__`, so the Python API and the
+CLI refuse the same settings with the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+
+from spanqa.errors import ConfigError, ModelError
+
+ENGINES = ("torch", "onnx", "onnx-int8")  # what runs the network: see spanqa.engines
+DEVICES_HELP = "cpu, cuda, cuda:N or auto (a GPU when there is one)"
+API_KEY_ENV = "SPANQA_API_KEY"
+
+
+class SettingError(ConfigError):
+    """A setting with a bad value; the CLI names the flag (`--max-steps`), the API the field (`max_steps`)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name} {reason}")
+        self.name, self.reason = name, reason
+
+
+def opt(default, help: str = "", **meta):
+    """A dataclass field with the help text (and CLI hints: flag, choices, invert, metavar) the CLI shows."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    if is_dataclass(default):
+        return field(default_factory=lambda: default, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def at_least(obj, names: str, low: float, strict: bool = False) -> None:
+    """Raise SettingError for the first of `names` (space separated) that is below `low` (or not above it)."""
+    for name in names.split():
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or (v <= low if strict else v < low):
+            raise SettingError(name, f"must be {'positive' if strict and low == 0 else f'at least {low}'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    """How a (question, context) pair becomes encoder windows (checked against the tokenizer by check_settings)."""
+
+    max_seq_len: int = opt(384, "tokens per window, special tokens included")
+    doc_stride: int = opt(128, "context tokens shared by consecutive windows of a long context")
+    max_question_len: int = opt(64, "longer questions are truncated to this many tokens, with a warning")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How windows' probabilities become answers."""
+
+    max_answer_len: int = opt(30, "longest answer, in tokens")
+    allow_no_answer: bool = opt(False, "answer 'no answer' when [CLS] beats the best span by null_threshold")
+    null_threshold: float = opt(0.0, "log-odds margin of null over the best span needed to say 'no answer'")
+    n_best: int = opt(20, "candidates kept per question for nbest.json")
+
+    def __post_init__(self) -> None:
+        at_least(self, "max_answer_len n_best", 1)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    kind: str = opt("linear", "begin/end head: linear, or mlp (Linear-GELU-Linear)", leaf="head",
+                    choices=("linear", "mlp"))
+    mlp_hidden: int = opt(0, "width of the MLP head's hidden layer (0: the encoder's hidden size)")
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "mlp"):
+            raise ConfigError(f"head kind must be 'linear' or 'mlp', got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Everything a saved reader needs besides its weights; written to spanqa.json."""
+
+    format: FormatConfig = opt(FormatConfig())
+    decode: DecodeConfig = opt(DecodeConfig())
+    head: HeadConfig = opt(HeadConfig())
+    base: str = opt("", "the encoder this reader was fine-tuned from", leaf=None)
+    training: dict = opt({}, "recipe and scores, for the record", leaf=None)
+
+    def to_dict(self) -> dict:
+        return {"spanqa_format_version": 1, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "spanqa.json") -> ReaderConfig:
+        try:
+            return cls(
+                format=FormatConfig(**d.get("format", {})),
+                decode=DecodeConfig(**d.get("decode", {})),
+                head=HeadConfig(**d.get("head", {})),
+                base=d.get("base", ""),
+                training=d.get("training", {}),
+            )
+        except (TypeError, ConfigError) as e:
+            raise ModelError(f"{where}: unexpected setting ({e})") from None
+
+    def with_decode(self, **changes) -> ReaderConfig:
+        return replace(self, decode=replace(self.decode, **changes))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and decay; `batch_size` is the global micro-batch in windows."""
+
+    lr: float = opt(1e-4, "peak learning rate")
+    batch_size: int = opt(32, "windows per micro-batch (global, over all processes)")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
+    warmup: float = opt(0.1, "fraction of the schedule spent warming up")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+
+    def __post_init__(self) -> None:
+        at_least(self, "lr", 0, strict=True)
+        at_least(self, "batch_size grad_accum", 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: the data, the reader to build, the optimiser, and how long and how often."""
+
+    train: str = opt("", "training data: SQuAD JSON or HF-layout JSONL (.gz ok)", required=True)
+    out: str = opt("", "output directory: the model, train_log.jsonl, checkpoint/", required=True)
+    base: str = opt("", "HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2); a saved spanqa "
+                        "reader directory, or 'default' for the shipped model, continues its training")
+    dev: str | None = opt(None, "dev data, evaluated at the end (and every --eval-every steps)")
+    reader: ReaderConfig = opt(ReaderConfig())
+    optim: OptimConfig = opt(OptimConfig())
+    epochs: float = opt(2.0, "passes over the training windows")
+    max_steps: int | None = opt(None, "stop after this many optimiser steps")
+    time_budget: float | None = opt(None, "minutes of training (tokenising and evaluation excluded)",
+                                    metavar="MINUTES")
+    max_examples: int | None = opt(None, "train on a seeded random sample of N questions")
+    seed: int = opt(0, "seed of the data order, the sample and the heads")
+    eval_every: int = opt(0, "optimiser steps between dev evaluations (0: only at the end)")
+    eval_limit: int | None = opt(2000, "dev questions per evaluation (0: all)")
+    save_every: int = opt(200, "optimiser steps between checkpoints (0: only at the end)")
+    log_every: int = opt(10, "optimiser steps between train_log.jsonl lines")
+    freeze_word_embeddings: bool = opt(True, "also train the word embeddings", flag="train-embeddings",
+                                       invert=True)
+    skip_invalid: bool = opt(False, "count and skip invalid records instead of stopping")
+    device: str = opt("auto", DEVICES_HELP)
+    threads: int | None = opt(None, "torch intra-op threads")
+    compile: bool = opt(False, "torch.compile the model")
+    resume: bool = opt(False, "continue from the checkpoint in --out")
+    progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "epochs max_steps time_budget", 0, strict=True)
+        at_least(self, "max_examples threads", 1)
+        at_least(self, "eval_every save_every eval_limit", 0)
+        at_least(self, "log_every", 1)
+
+    def flat(self) -> dict:
+        """The recipe as one flat dict of leaf settings (as saved in checkpoints and spanqa.json's training)."""
+        return flatten(self)
+
+    @classmethod
+    def from_flat(cls, **flat) -> TrainConfig:
+        """Build from leaf names (`lr=`, `max_seq_len=`, `head=`...), as the CLI's flags give them."""
+        return unflatten(cls, flat)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a reader runs: `answer`, `evaluate`, `explain`, `serve` and the Python API share these."""
+
+    model: str | None = opt(None, "saved reader directory or HF QA checkpoint (default: the model shipped with spanqa)")
+    engine: str = opt("torch", "torch, or ONNX Runtime fp32/int8 on the CPU (the graph is built on first use and "
+                               "cached)", choices=ENGINES)
+    device: str = opt("auto", DEVICES_HELP)
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    """`spanqa answer`: one question, or a JSONL file of them (streaming, resumable)."""
+
+    top_k: int = opt(1, "answers per question (the n-best list)")
+    batch_size: int = opt(32, "with --input: windows per forward pass")
+    chunk: int = opt(512, "with --input: questions read and written at a time")
+    skip_invalid: bool = opt(False, "with --input: count and skip bad lines")
+    progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "top_k batch_size chunk", 1)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`spanqa evaluate`: official EM/F1 and the per-head diagnostics on a labelled set."""
+
+    limit: int | None = opt(None, "evaluate the first N questions only")
+    batch_size: int = opt(64, "windows per forward pass")
+    skip_invalid: bool = opt(False, "count and skip invalid records")
+    progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "limit batch_size", 1)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP API's limits and batching."""
+
+    api_key: str | None = opt(None, f"require this key in the X-API-Key header (default: ${API_KEY_ENV}, if set)",
+                              cli=False)
+    max_body_bytes: int = opt(1 << 20, "largest request body")
+    max_question_chars: int = opt(1_000, "longest question")
+    max_context_chars: int = opt(20_000, "longest context (~5k tokens, ~15 windows)")
+    max_batch: int = opt(64, "items in one request")
+    max_top_k: int = opt(20, "largest top_k a request may ask for")
+    batch_wait_ms: float = opt(5.0, "how long to gather concurrent requests into one forward pass")
+    max_batch_items: int = opt(64, "items gathered into one batch")
+    max_queue_items: int = opt(1024, "beyond this many waiting items, 503 'busy' rather than unbounded memory")
+    predict_batch_size: int = opt(32, "windows per forward pass")
+
+    def __post_init__(self) -> None:
+        at_least(self, "max_body_bytes max_question_chars max_context_chars max_batch max_top_k max_batch_items "
+                       "max_queue_items predict_batch_size", 1)
+        at_least(self, "batch_wait_ms", 0)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`spanqa serve`: the model, where to listen, and the API's limits."""
+
+    run: RunConfig = opt(RunConfig())
+    host: str = opt("127.0.0.1", "address to bind (default: loopback only)")
+    port: int = opt(8000, "port to listen on")
+    threads: int | None = opt(None, "torch intra-op threads")
+    log_level: str = opt("info", "uvicorn's log level", choices=("critical", "error", "warning", "info", "debug"))
+    serve: ServeConfig = opt(ServeConfig())
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingError("port", f"must be between 0 and 65535, got {self.port}")
+        at_least(self, "threads", 1)
+
+
+# ---- flat views: CLI flags and saved recipes name the leaves ---------------------------------------------------
+def leaf_fields(cls) -> dict[str, tuple[tuple[str, ...], object]]:
+    """{leaf name: (path of attribute names, Field)} of a dataclass and the dataclasses it nests."""
+    out: dict[str, tuple[tuple[str, ...], object]] = {}
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            for name, (path, leaf) in leaf_fields(type(default)).items():
+                out[name] = ((f.name, *path), leaf)
+        elif f.metadata.get("leaf", f.name) is not None:  # leaf=None: set by the code, never from outside
+            out[f.metadata.get("leaf", f.name)] = ((f.name,), f)
+    return out
+
+
+def flatten(obj) -> dict:
+    out = {}
+    for name, (path, _) in leaf_fields(type(obj)).items():
+        v = obj
+        for p in path:
+            v = getattr(v, p)
+        out[name] = v
+    return out
+
+
+def unflatten(cls, flat: dict):
+    """`cls` with the leaves named in `flat` set, the rest at their defaults."""
+    leaves = leaf_fields(cls)
+    unknown = sorted(set(flat) - set(leaves))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}")
+    nested: dict = {}
+    for name, value in flat.items():
+        path = leaves[name][0]
+        d = nested
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+        d[path[-1]] = value
+    return _build(cls, nested)
+
+
+def _build(cls, values: dict):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if isinstance(v, dict) and is_dataclass(default):
+            v = _build(type(default), v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
