@@ -55,6 +55,14 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_se
                      "max_question_len")
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or `auto` on a GPU. On a CPU with AMX tiles bf16 matmuls run ~6x fp32, but `auto`
+    stays fp32 there until bf16 CPU training is shown to keep dev F1 (spanqa.perf.cpu_info tells which CPU has AMX)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda"
+
+
 @dataclass
 class TrainState:
     """Every counter of a run, in one place: a checkpoint saves it (trainer_state.json) and a resume restores it."""
@@ -191,7 +199,7 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
         with run.net.no_sync() if env.active and not last else nullcontext():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
                 b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
                                    batch["token_type_ids"])
             loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"], reduction="sum")
