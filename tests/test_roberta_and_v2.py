@@ -74,7 +74,8 @@ def test_v2_evaluation_reports_has_no_answer_and_threshold_sweep(tiny_reader, tm
     p.write_text("\n".join(json.dumps(x) for x in lines))
     tiny_reader.config = tiny_reader.config.with_decode(allow_no_answer=True, null_threshold=0.0)
     m = evaluate(tiny_reader, load_dataset(p), out_dir=tmp_path / "ev")
-    for k in ("HasAns_exact", "NoAns_exact", "best_f1", "best_f1_thresh", "begin_accuracy", "end_accuracy"):
+    for k in ("HasAns_exact", "NoAns_exact", "best_f1_optimistic", "best_f1_thresh_optimistic", "begin_accuracy",
+              "end_accuracy", "ece", "abstained_percent"):
         assert k in m
     assert m["HasAns_total"] == 2 and m["NoAns_total"] == 1 and m["metric"] == "squad-v2.0"
     preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())

@@ -49,6 +49,14 @@ def save(model: SpanModel, tokenizer, config: ReaderConfig, path: str | os.PathL
     (path / SPANQA_JSON).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
+def write_config(path: str | os.PathLike, config: ReaderConfig, extra: dict | None = None) -> None:
+    """Rewrite a model directory's spanqa.json, keeping its format keys (such as the fp16 delta's) unless replaced."""
+    meta = Path(path) / SPANQA_JSON
+    old = json.loads(meta.read_text()) if meta.exists() else {}
+    keep = {k: v for k, v in old.items() if k == "encoder_delta"}
+    meta.write_text(json.dumps({**config.to_dict(), **keep, **(extra or {})}, indent=2) + "\n")
+
+
 def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, ReaderConfig]:
     """(model, tokenizer, config) from a spanqa directory (full or delta), a HF QA checkpoint, or, with no path, the
     model shipped in the package."""

@@ -17,6 +17,7 @@ from spanqa.config import (
     API_KEY_ENV,
     AnswerConfig,
     EvaluateConfig,
+    NegativesConfig,
     RunConfig,
     ServerSettings,
     SettingError,
@@ -137,7 +138,7 @@ def cmd_answer_file(args: argparse.Namespace, cfg: AnswerConfig) -> int:
 # ---- evaluate and train ------------------------------------------------------------------------------------------
 EVAL_KEYS = ("exact_match", "f1", "begin_accuracy", "end_accuracy", "both_accuracy", "end_right_begin_wrong",
              "begin_right_end_wrong", "begin_distance", "end_distance", "num_questions", "questions_per_second",
-             "best_f1", "best_f1_thresh")
+             "HasAns_f1", "NoAns_exact", "abstained_percent", "ece", "best_f1_optimistic", "best_f1_thresh_optimistic")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -163,6 +164,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the calibration and the no-answer threshold on labelled data; write the model with them to --out."""
+    import shutil
+    from dataclasses import replace
+
+    from spanqa.checkpoint import SPANQA_JSON, write_config
+    from spanqa.data import load_dataset
+    from spanqa.default_model import default_model_dir
+    from spanqa.evaluation import calibrate
+
+    cfg = build(EvaluateConfig, args)
+    src = Path(args.model) if args.model else default_model_dir()
+    out = Path(args.out)
+    if out.exists():
+        raise SpanqaError(f"--out {out} already exists; choose a new directory")
+    if not (src / SPANQA_JSON).exists():
+        raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train first")
+    data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
+    reader = _reader(args)
+    cal, thresh, report = calibrate(reader, data, batch_size=cfg.batch_size, progress=cfg.progress)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("checkpoint*", "train_log.jsonl"))
+    config = replace(reader.config, calibration=cal.to_dict()).with_decode(allow_no_answer=True,
+                                                                            null_threshold=thresh)
+    write_config(out, config)
+    print(json.dumps(report))
+    print(f"spanqa: wrote {out}: abstains above P(unanswerable) {thresh:.3f} (F1 {report['f1_at_threshold']:.2f} on "
+          f"{report['questions']} questions of {report['data']})", file=sys.stderr)
+    return 0
+
+
 TRAIN_SKIP = ("allow_no_answer", "null_threshold", "n_best")  # set from the data and by tuning, not by flags
 
 
@@ -173,6 +204,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(build(TrainConfig, args, skip=TRAIN_SKIP))
     if rank_from_env() == 0:  # under torchrun, one summary
         print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_negatives(args: argparse.Namespace) -> int:
+    from spanqa.negatives import mine
+
+    report = mine(build(NegativesConfig, args)).to_dict()
+    print(json.dumps(report))
+    kinds = ", ".join(f"{k} {v}" for k, v in report["negatives"].items())
+    print(f"spanqa: wrote {report['answerable']} answerable and {report['negatives_total']} unanswerable questions "
+          f"({kinds}; {100 * report['unanswerable_share']:.1f} % unanswerable) to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -249,6 +291,17 @@ def add_commands(sub) -> None:
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")
     add_flags(t, TrainConfig, skip=TRAIN_SKIP)
     t.set_defaults(func=cmd_train)
+
+    n = sub.add_parser("negatives", help="mine unanswerable questions from a v1.1-style set (writes SQuAD v2.0)")
+    add_flags(n, NegativesConfig)
+    n.set_defaults(func=cmd_negatives)
+
+    c = sub.add_parser("calibrate", help="fit calibrated scores and the no-answer threshold on labelled data")
+    add_flags(c, RunConfig)
+    c.add_argument("--data", required=True, help="labelled SQuAD v2.0-style data the model was not trained on")
+    c.add_argument("--out", required=True, help="a new model directory: the model with its calibration")
+    add_flags(c, EvaluateConfig, skip=("limit",))
+    c.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("serve", help="HTTP API (POST /v1/answer) and a web page that draws P_begin/P_end")
     add_flags(s, ServerSettings)

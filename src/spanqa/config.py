@@ -59,7 +59,8 @@ class DecodeConfig:
 
     max_answer_len: int = opt(30, "longest answer, in tokens")
     allow_no_answer: bool = opt(False, "answer 'no answer' when [CLS] beats the best span by null_threshold")
-    null_threshold: float = opt(0.0, "log-odds margin of null over the best span needed to say 'no answer'")
+    null_threshold: float = opt(0.0, "say 'no answer' above this: P(unanswerable) with a calibrated model, else the "
+                                     "log-odds margin of null over the best span")
     n_best: int = opt(20, "candidates kept per question for nbest.json")
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ class ReaderConfig:
     head: HeadConfig = opt(HeadConfig())
     base: str = opt("", "the encoder this reader was fine-tuned from", leaf=None)
     training: dict = opt({}, "recipe and scores, for the record", leaf=None)
+    calibration: dict = opt({}, "fitted by `spanqa calibrate` (spanqa.calibration.Calibration)", leaf=None)
 
     def to_dict(self) -> dict:
         return {"spanqa_format_version": 1, **asdict(self)}
@@ -99,6 +101,7 @@ class ReaderConfig:
                 head=HeadConfig(**d.get("head", {})),
                 base=d.get("base", ""),
                 training=d.get("training", {}),
+                calibration=d.get("calibration", {}),
             )
         except (TypeError, ConfigError) as e:
             raise ModelError(f"{where}: unexpected setting ({e})") from None
@@ -144,6 +147,7 @@ class TrainConfig:
     eval_limit: int | None = opt(2000, "dev questions per evaluation (0: all)")
     save_every: int = opt(200, "optimiser steps between checkpoints (0: only at the end)")
     log_every: int = opt(10, "optimiser steps between train_log.jsonl lines")
+    train_layers: int | None = opt(None, "train only the top N encoder layers and the heads (0: the heads only)")
     freeze_word_embeddings: bool = opt(True, "also train the word embeddings", flag="train-embeddings",
                                        invert=True)
     skip_invalid: bool = opt(False, "count and skip invalid records instead of stopping")
@@ -158,7 +162,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         at_least(self, "epochs max_steps time_budget", 0, strict=True)
         at_least(self, "max_examples threads", 1)
-        at_least(self, "eval_every save_every eval_limit", 0)
+        at_least(self, "eval_every save_every eval_limit train_layers", 0)
         at_least(self, "log_every", 1)
 
     def flat(self) -> dict:
@@ -206,6 +210,25 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         at_least(self, "limit batch_size", 1)
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    """`spanqa negatives`: mine unanswerable questions from a v1.1-style set (see spanqa.negatives)."""
+
+    data: str = opt("", "SQuAD v1.1-style JSON (.gz ok) to mine from", required=True)
+    out: str = opt("", "the SQuAD v2.0 JSON to write (.gz: gzip)", required=True)
+    ratio: float = opt(0.5, "chance that an answerable question gets a negative (0.5: about a third of the "
+                            "questions unanswerable, as in SQuAD 2.0)")
+    seed: int = opt(0, "seed of the choices (the same seed writes the same file)")
+    holdout: float = opt(0.05, "share of the articles held out, with their negatives, for tuning the threshold")
+    holdout_out: str | None = opt(None, "write the held-out articles here (they are left out of --out)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio <= 1:
+            raise SettingError("ratio", f"must be between 0 and 1, got {self.ratio}")
+        if not 0 <= self.holdout < 1:
+            raise SettingError("holdout", f"must be at least 0 and below 1, got {self.holdout}")
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,14 @@ def merge_spans(
     return out
 
 
-def is_no_answer(null_log_score: float, best: SpanCandidate | None, cfg: DecodeConfig) -> bool:
-    if not cfg.allow_no_answer:
-        return False
+def is_no_answer(null_log_score: float, best: SpanCandidate | None, cfg: DecodeConfig,
+                 p_unanswerable: float | None = None) -> bool:
+    """The one abstention rule: with a calibrated model, P(unanswerable) above the threshold; else the null score's
+    log-odds margin over the best span. No candidate span at all is always "no answer"."""
     if best is None:
         return True
+    if not cfg.allow_no_answer:
+        return False
+    if p_unanswerable is not None:
+        return p_unanswerable > cfg.null_threshold
     return null_log_score - best.log_score > cfg.null_threshold

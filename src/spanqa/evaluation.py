@@ -14,14 +14,16 @@ high end_right_begin_wrong: look at the begin head.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from spanqa.calibration import Calibration, best_threshold, ece, features, fit, reliability_diagram
 from spanqa.data import Dataset, Example
-from spanqa.metric import evaluate_v1, evaluate_v2
+from spanqa.metric import compute_exact, compute_f1, evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
 
 
@@ -69,6 +71,36 @@ def head_diagnostics(tokenizer, examples: Sequence[Example], preds: Sequence[Pre
     }
 
 
+def top1(example: Example, pred: Prediction, v2: bool) -> tuple[str, float, bool]:
+    """(predicted text, its confidence, whether it is right) for the calibration error: the no-answer when the reader
+    abstains on v2.0 data (confidence P(unanswerable)), else the best span (confidence its score, right = EM)."""
+    golds = [a.text for a in example.answers] or [""]
+    if v2 and pred.no_answer:
+        conf = pred.p_unanswerable if pred.p_unanswerable is not None else math.exp(pred.null_log_score)
+        return "", conf, not example.answers
+    text = pred.best.text if pred.best else ""
+    return text, pred.best.score if pred.best else 0.0, max(compute_exact(g, text) for g in golds) == 1
+
+
+def squad_metrics(examples: Sequence[Example], preds: Sequence[Prediction], v2: bool) -> dict:
+    """v2.0 data: the official metric with the stored threshold, HasAns/NoAns, and the threshold tuned on this very
+    data (`best_f1_optimistic`: an upper bound, not a result). v1.1 data: the best span, and how often the reader
+    would have abstained."""
+    golds = {ex.id: [a.text for a in ex.answers] for ex in examples}
+    best_text = {ex.id: (p.best.text if p.best else "") for ex, p in zip(examples, preds, strict=True)}
+    abstained = 100.0 * sum(p.no_answer for p in preds) / max(len(preds), 1)
+    if not v2:
+        return {**evaluate_v1(golds, best_text), "abstained_percent": abstained}
+    predictions = {ex.id: ("" if p.no_answer else best_text[ex.id]) for ex, p in zip(examples, preds, strict=True)}
+    na = {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
+          for ex, p in zip(examples, preds, strict=True)}
+    official = evaluate_v2(golds, predictions)
+    sweep = evaluate_v2(golds, best_text, na_probs=na)
+    return {"exact_match": official["exact"], "f1": official["f1"], **official, "abstained_percent": abstained,
+            "best_f1_optimistic": sweep["best_f1"], "best_exact_optimistic": sweep["best_exact"],
+            "best_f1_thresh_optimistic": sweep["best_f1_thresh"]}
+
+
 def evaluate(
     reader: Reader,
     dataset: Dataset,
@@ -78,28 +110,16 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     examples = dataset.examples[:limit] if limit else dataset.examples
-    n_best = reader.config.decode.n_best
     t0 = time.perf_counter()
-    preds = reader.predict(
-        [e.question for e in examples], [e.context for e in examples], top_k=n_best, batch_size=batch_size,
-        progress=progress,
-    )
+    preds = reader.predict([e.question for e in examples], [e.context for e in examples],
+                           top_k=reader.config.decode.n_best, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
-    predictions = {ex.id: ("" if p.no_answer or p.best is None else p.best.text)
-                   for ex, p in zip(examples, preds, strict=True)}
-    golds = {ex.id: [a.text for a in ex.answers] for ex in examples}
-    v2 = dataset.has_unanswerable or reader.config.decode.allow_no_answer
-    if v2:
-        best_text = {ex.id: (p.best.text if p.best else "") for ex, p in zip(examples, preds, strict=True)}
-        na = {ex.id: p.na_score for ex, p in zip(examples, preds, strict=True)}
-        official = evaluate_v2(golds, predictions)
-        sweep = evaluate_v2(golds, best_text, na_probs=na)
-        metrics = {"exact_match": official["exact"], "f1": official["f1"], **official,
-                   **{k: v for k, v in sweep.items() if k.startswith("best_")}}
-    else:
-        metrics = evaluate_v1(golds, predictions)
+    v2 = dataset.has_unanswerable
+    metrics = squad_metrics(examples, preds, v2)
     metrics.update(head_diagnostics(reader.tokenizer, examples, preds))
+    tops = [top1(ex, p, v2) for ex, p in zip(examples, preds, strict=True)]
     metrics.update({
+        "ece": ece([t[1] for t in tops], [t[2] for t in tops]),
         "num_questions": len(examples),
         "data": dataset.path,
         "metric": "squad-v2.0" if v2 else "squad-v1.1",
@@ -107,13 +127,54 @@ def evaluate(
         "questions_per_second": len(examples) / seconds if seconds else 0.0,
     })
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "predictions.json").write_text(json.dumps(predictions, ensure_ascii=False, indent=1))
-        nbest = {ex.id: [a.as_dict() for a in p.answers] for ex, p in zip(examples, preds, strict=True)}
-        (out / "nbest.json").write_text(json.dumps(nbest, ensure_ascii=False))
-        if v2:
-            na = {ex.id: p.na_score for ex, p in zip(examples, preds, strict=True)}
-            (out / "null_odds.json").write_text(json.dumps(na))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_outputs(Path(out_dir), examples, preds, tops, metrics)
     return metrics
+
+
+def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
+    """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = {ex.id: t[0] for ex, t in zip(examples, tops, strict=True)}
+    (out / "predictions.json").write_text(json.dumps(predictions, ensure_ascii=False, indent=1))
+    nbest = {ex.id: [a.as_dict() for a in p.answers] for ex, p in zip(examples, preds, strict=True)}
+    (out / "nbest.json").write_text(json.dumps(nbest, ensure_ascii=False))
+    na = {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
+          for ex, p in zip(examples, preds, strict=True)}
+    (out / "null_odds.json").write_text(json.dumps(na))
+    try:
+        reliability_diagram([t[1] for t in tops], [t[2] for t in tops], out / "reliability.png",
+                            title=Path(str(metrics.get("data", ""))).name)
+    except ImportError:
+        metrics["reliability_diagram"] = "not drawn: needs matplotlib (pip install 'spanqa[serve]')"
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def calibrate(reader: Reader, dataset: Dataset, batch_size: int = 64, progress: bool = False) -> tuple[Calibration,
+                                                                                                       float, dict]:
+    """Fit the calibration and the no-answer threshold on labelled data (see spanqa.calibration); return them and
+    a report. The reader's own calibration, if any, is ignored: the fit reads the raw scores."""
+    from dataclasses import replace
+
+    raw = replace(reader.config, calibration={})
+    saved, reader.config = reader.config, raw
+    try:
+        examples = dataset.examples
+        preds = reader.predict([e.question for e in examples], [e.context for e in examples], top_k=1,
+                               batch_size=batch_size, progress=progress)
+    finally:
+        reader.config = saved
+    feats, best_log, right, f1s = [], [], [], []
+    for ex, p in zip(examples, preds, strict=True):
+        b = p.best
+        blog = b.log_score if b else -math.inf
+        feats.append(features(ex.question, ex.context, p.null_log_score - blog, blog, (b.start, b.end) if b else None))
+        best_log.append(max(blog, -50.0))
+        golds = [a.text for a in ex.answers] or [""]
+        right.append(max(compute_exact(g, b.text if b else "") for g in golds))
+        f1s.append(max(compute_f1(g, b.text if b else "") for g in golds))
+    unans = np.array([not ex.answers for ex in examples])
+    feats_np = np.asarray(feats)
+    note = {"data": Path(dataset.path).name, "questions": len(examples), "unanswerable": int(unans.sum())}
+    cal = fit(feats_np, unans, np.asarray(best_log), np.asarray(right), note)
+    thresh, f1 = best_threshold(cal.p_unanswerable(feats_np), ~unans, np.asarray(f1s))
+    return cal, thresh, {**note, "f1_at_threshold": f1, "threshold": thresh}

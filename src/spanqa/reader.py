@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from spanqa import checkpoint
+from spanqa import calibration, checkpoint
+from spanqa.calibration import Calibration
 from spanqa.config import ENGINES, ReaderConfig
 from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
 from spanqa.errors import ConfigError, ModelError
@@ -37,6 +38,7 @@ class Prediction:
     null_log_score: float  # log P_begin(CLS) + log P_end(CLS), smallest over windows
     windows: list[Window] = field(default_factory=list, repr=False)  # kept only on request
     probabilities: TokenProbs | None = field(default=None, repr=False)  # kept only on request
+    p_unanswerable: float | None = None  # calibrated models only
 
     @property
     def best(self) -> SpanCandidate | None:
@@ -49,7 +51,10 @@ class Prediction:
 
     def to_dict(self, top_k: int | None = None) -> dict:
         answers = self.answers if top_k is None else self.answers[:top_k]
-        return {"answers": [a.as_dict() for a in answers], "no_answer": self.no_answer}
+        out = {"answers": [a.as_dict() for a in answers], "no_answer": self.no_answer}
+        if self.p_unanswerable is not None:
+            out["p_no_answer"] = self.p_unanswerable
+        return out
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -162,11 +167,12 @@ class Reader:
         with tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True,
                   disable=not progress) as bar:
             for ex, parts in itertools.groupby(scored, key=lambda sw: sw.example_index):
-                out.append(self._merge(contexts[ex], list(parts), top_k, want[ex]))
+                out.append(self._merge(questions[ex], contexts[ex], list(parts), top_k, want[ex]))
                 bar.update()
         return out
 
-    def _merge(self, context: str, parts: list[ScoredWindow], k: int, probabilities: bool) -> Prediction:
+    def _merge(self, question: str, context: str, parts: list[ScoredWindow], k: int, probabilities: bool
+               ) -> Prediction:
         """One question's windows -> its ranked answers (each character span once) and its null score."""
         cands = merge_spans(context, list(range(len(parts))), *(np.stack([getattr(p, f) for p in parts]) for f in
                             ("scores", "begins", "ends", "char_starts", "char_ends")), k)
@@ -176,8 +182,16 @@ class Reader:
             tokens = TokenProbs()
             for n, p in enumerate(parts):
                 tokens.extend(p.tokens, n, context)
-        no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode)
-        return Prediction(cands, no_ans, null_score, [p.window for p in parts if p.window is not None], tokens)
+        p_null = None
+        if self._calibration is not None:
+            cands, p_null = calibration.apply(self._calibration, question, context, cands, null_score)
+        no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode, p_null)
+        return Prediction(cands, no_ans, null_score, [p.window for p in parts if p.window is not None], tokens,
+                          p_null)
+
+    @property
+    def _calibration(self) -> Calibration | None:
+        return Calibration.from_dict(self.config.calibration) if self.config.calibration else None
 
     def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The one place the network runs: masked begin and end logits of a collated batch."""

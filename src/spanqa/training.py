@@ -63,6 +63,22 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Freeze the word embeddings, and with `train_layers` all but the top N encoder layers (0: train the heads only,
+    so the encoder runs as in inference: no graph, no activations kept; the cheap way to adapt a model on a CPU)."""
+    encoder = model.encoder
+    if cfg.freeze_word_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.train_layers is None:
+        return
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"--train-layers needs a BERT-style encoder (encoder.layer), not {type(encoder).__name__}")
+    encoder.requires_grad_(False)
+    for layer in list(layers)[len(layers) - cfg.train_layers :] if cfg.train_layers else []:
+        layer.requires_grad_(True)
+
+
 @dataclass
 class TrainState:
     """Every counter of a run, in one place: a checkpoint saves it (trainer_state.json) and a resume restores it."""
@@ -150,8 +166,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     examples = sample(data.examples, cfg.max_examples, cfg.seed)
 
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
-    if cfg.freeze_word_embeddings:
-        reader.model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    freeze(reader.model, cfg)
     t_fmt = time.perf_counter()
     windows = make_training_windows(reader, examples)
     t_fmt = time.perf_counter() - t_fmt
