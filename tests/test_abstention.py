@@ -226,3 +226,32 @@ def test_a_tiny_model_trained_with_negatives_learns_to_abstain(tmp_path, tokeniz
     preds = after.predict(qs, cs)
     assert np.mean([p.na_score for p in preds]) > null_before + 1.0  # the null rises above the best span
     assert sum(p.no_answer for p in preds) >= 15  # and most held-out negatives flip to "no answer"
+
+
+def test_evaluate_writes_ece_and_the_reliability_diagram(tiny_reader, tmp_path):
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import evaluate
+
+    src = squad_file(tmp_path / "v1.json", copies=1)
+    m = evaluate(tiny_reader, load_dataset(src), out_dir=tmp_path / "ev")
+    assert 0.0 <= m["ece"] <= 1.0 and m["abstained_percent"] == 0.0 and m["metric"] == "squad-v1.1"
+    assert (tmp_path / "ev" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["ece"] == pytest.approx(m["ece"])
+    mine(NegativesConfig(data=str(src), out=str(tmp_path / "v2.json"), ratio=1.0))
+    m2 = evaluate(tiny_reader, load_dataset(tmp_path / "v2.json"))
+    assert m2["metric"] == "squad-v2.0" and {"HasAns_f1", "NoAns_exact", "best_f1_optimistic"} <= set(m2)
+
+
+def test_calibrate_cli_writes_a_model_that_abstains(tiny_model_dir, tmp_path, capsys):
+    src = squad_file(tmp_path / "v1.json", copies=2)
+    mine(NegativesConfig(data=str(src), out=str(tmp_path / "held.json"), ratio=1.0))
+    out = tmp_path / "cal"
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "held.json"), "--out",
+                 str(out), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    meta = json.loads((out / "spanqa.json").read_text())
+    assert meta["decode"]["allow_no_answer"] is True and meta["decode"]["null_threshold"] == report["threshold"]
+    assert meta["calibration"]["tuned_on"]["data"] == "held.json" and len(meta["calibration"]["null_weights"]) == 5
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "held.json"), "--out",
+                 str(out)]) == 2  # never overwrites a model
+    assert "already exists" in capsys.readouterr().err

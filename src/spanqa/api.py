@@ -59,12 +59,14 @@ class Answer(BaseModel):
     text: str
     start: int = Field(description="character offset: text == context[start:end]")
     end: int
-    score: float = Field(description="P_begin(start token) * P_end(end token)")
+    score: float = Field(description="a calibrated model: the probability that this answer is right (exact match); "
+                                     "otherwise P_begin(start token) * P_end(end token)")
 
 
 class AnswerResponse(BaseModel):
     answers: list[Answer]
-    no_answer: bool
+    no_answer: bool = Field(description="the reader abstains: the answers are what it would have said")
+    p_no_answer: float | None = Field(None, description="a calibrated model: the probability of no answer")
     probabilities: dict | None = Field(None, description="only with return_probabilities: see spanqa.explain")
 
 

@@ -106,7 +106,10 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(pred.to_dict(cfg.top_k), ensure_ascii=False))
     elif pred.no_answer or not pred.answers:
-        print("(no answer)")
+        sure = f" (P = {pred.p_unanswerable:.2f})" if pred.p_unanswerable is not None else ""
+        print(f"(no answer){sure}")
+        for a in pred.answers[: cfg.top_k]:  # what it would have said, with the scores that made it abstain
+            print(f"{a.score:.4f}\t{a.text}")
     else:
         for a in pred.answers[: cfg.top_k]:
             print(a.text if cfg.top_k == 1 else f"{a.score:.4f}\t{a.text}")
