@@ -255,3 +255,20 @@ def test_calibrate_cli_writes_a_model_that_abstains(tiny_model_dir, tmp_path, ca
     assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "held.json"), "--out",
                  str(out)]) == 2  # never overwrites a model
     assert "already exists" in capsys.readouterr().err
+
+
+def test_train_layers_trains_only_the_top_layers_and_the_heads(tmp_path, tokenizer):
+    from tinytrain import make_base, weights, write_train_jsonl
+
+    from spanqa.config import TrainConfig
+    from spanqa.training import train
+
+    base = make_base(tmp_path / "base", tokenizer, dropout=0.0)
+    data = write_train_jsonl(tmp_path / "t.jsonl", 24)
+    train(TrainConfig.from_flat(base=str(base), train=str(data), out=str(tmp_path / "o"), max_steps=3, lr=1e-2,
+                                train_layers=1, progress=False, device="cpu", save_every=0, max_seq_len=64,
+                                max_question_len=16, doc_stride=16, threads=1))
+    before, after = weights(base), weights(tmp_path / "o")
+    changed = {k for k in before if not (before[k] == after[k]).all()}
+    assert changed and all(k.startswith("encoder.layer.1.") for k in changed), sorted(changed)[:5]  # the top layer
+    assert any(k.startswith("heads.") for k in after)
