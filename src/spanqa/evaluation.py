@@ -21,8 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from spanqa.data import Dataset, Example
+from spanqa.errors import DataError
 from spanqa.metric import evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
+from spanqa.validation import check_output
+
+OUT_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")  # written to out_dir
 
 
 def _token_index(ends: np.ndarray, char: int) -> int:
@@ -77,6 +81,8 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
+    if out_dir is not None:  # before the work: results are never lost to an output that cannot be written
+        check_output(out_dir, "--out", inputs=[dataset.path or None], directory=True, writes=OUT_FILES)
     examples = dataset.examples[:limit] if limit else dataset.examples
     n_best = reader.config.decode.n_best
     t0 = time.perf_counter()
@@ -107,13 +113,21 @@ def evaluate(
         "questions_per_second": len(examples) / seconds if seconds else 0.0,
     })
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "predictions.json").write_text(json.dumps(predictions, ensure_ascii=False, indent=1))
         nbest = {ex.id: [a.as_dict() for a in p.answers] for ex, p in zip(examples, preds, strict=True)}
-        (out / "nbest.json").write_text(json.dumps(nbest, ensure_ascii=False))
-        if v2:
-            na = {ex.id: p.na_score for ex, p in zip(examples, preds, strict=True)}
-            (out / "null_odds.json").write_text(json.dumps(na))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        na = {ex.id: p.na_score for ex, p in zip(examples, preds, strict=True)} if v2 else None
+        write_outputs(Path(out_dir), predictions, nbest, na, metrics)
     return metrics
+
+
+def write_outputs(out: Path, predictions: dict, nbest: dict, null_odds: dict | None, metrics: dict) -> None:
+    """The official files: predictions.json, nbest.json, null_odds.json (v2.0) and metrics.json."""
+    files = {"predictions.json": json.dumps(predictions, ensure_ascii=False, indent=1),
+             "nbest.json": json.dumps(nbest, ensure_ascii=False),
+             "null_odds.json": json.dumps(null_odds) if null_odds is not None else None,
+             "metrics.json": json.dumps(metrics, indent=2) + "\n"}
+    for name, text in files.items():
+        if text is not None:
+            try:
+                (out / name).write_text(text, encoding="utf-8")
+            except OSError as e:
+                raise DataError(f"{out / name}: cannot write ({e.strerror or e})") from None

@@ -22,6 +22,7 @@ import torch
 from spanqa.config import HeadConfig, ReaderConfig
 from spanqa.errors import ModelError
 from spanqa.model import SpanModel, quiet_transformers
+from spanqa.validation import umask_mode
 
 CONFIG_KEY = "spanqa"
 
@@ -58,6 +59,7 @@ def export_hf(reader, out: str | Path) -> Path:
     with quiet_transformers():
         qa.float().save_pretrained(str(out), safe_serialization=True)
     reader.tokenizer.save_pretrained(str(out))
+    umask_mode(out.glob("*.safetensors"))  # safetensors writes 0600
     return out
 
 
