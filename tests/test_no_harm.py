@@ -172,6 +172,16 @@ def test_row3_a_truncated_safetensors_file_is_named(tmp_path, tiny_model_dir, ca
           f"{model / name}: damaged or not a safetensors file")
 
 
+def test_row3_a_truncated_hf_checkpoint_is_named(tmp_path, tiny_reader, capsys):
+    from spanqa.hf import export_hf
+
+    model = export_hf(tiny_reader, tmp_path / "hf")
+    with open(model / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    fails(capsys, ["answer", "--model", model, "--question", Q, "--context", CONTEXT],
+          f"{model / 'model.safetensors'}: damaged or not a safetensors file")
+
+
 def test_row3_a_truncated_delta_shard_of_the_shipped_model_is_named(tmp_path, capsys):
     from spanqa.default_model import default_model_dir
 

@@ -76,6 +76,7 @@ def is_hf_qa_dir(path: Path) -> bool:
 
 def load_hf_qa(path: str | Path):
     """(SpanModel, tokenizer, ReaderConfig) from a QA checkpoint: its encoder, and qa_outputs split in two."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     path = Path(path)
@@ -83,6 +84,9 @@ def load_hf_qa(path: str | Path):
         with quiet_transformers():
             qa = AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except SafetensorError as e:
+        raise ModelError(f"{path / 'model.safetensors'}: damaged or not a safetensors file "
+                         f"({str(e).splitlines()[0]})") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load question-answering checkpoint: {str(e).splitlines()[0]}") from None
     head = getattr(qa, "qa_outputs", None)

@@ -38,7 +38,7 @@ from spanqa.batching import collate, length_grouped_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
 from spanqa.distributed import DistEnv
-from spanqa.errors import ConfigError
+from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows
 from spanqa.loss import span_loss
 from spanqa.model import encoder_max_positions
@@ -469,7 +469,12 @@ def find_checkpoint(out: Path) -> Path | None:
 def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]:
     """The reader, the saved TrainState (as a dict) and the optimiser/RNG tensors of a checkpoint."""
     reader = Reader.load(path, device=reader_device)
-    state = json.loads((path / "trainer_state.json").read_text())
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path / 'trainer_state.json'}: damaged ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path / 'trainer_state.json'}: must be a JSON object, got {type(state).__name__}")
     tensors = checkpoint.load_tensors(path / "trainer_state.safetensors")
     return reader, state, tensors
 
