@@ -27,6 +27,7 @@ _any = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary
 
 def check_prediction(pred, context: str, top_k: int) -> None:
     assert 0 <= len(pred.answers) <= top_k and isinstance(pred.no_answer, bool)
+    assert pred.answers or pred.no_answer  # no span at all is "no answer", never [] with no_answer false
     scores = [a.score for a in pred.answers]
     assert scores == sorted(scores, reverse=True)
     assert len({(a.start, a.end) for a in pred.answers}) == len(pred.answers)
@@ -99,6 +100,7 @@ def test_cli_answer_on_wild_text(loaded_once, budget):
         if rc == 0:
             pred = json.loads(out)
             assert len(pred["answers"]) <= max(top_k, 1) and isinstance(pred["no_answer"], bool)
+            assert pred["answers"] or pred["no_answer"]
             for a in pred["answers"]:
                 assert context[a["start"] : a["end"]] == a["text"]
         else:
