@@ -211,8 +211,8 @@ def main() -> None:
     p.add_argument("--pipeline-batch-sizes", default="4,8,16,32")
     p.add_argument("--batch-sizes", default="2048,4096,8192",
                    help="spanqa batch sizes to sweep, in padded tokens per batch (Reader.max_batch_tokens)")
-    p.add_argument("--hf-python", default="/work/venv-hf457/bin/python",
-                   help="python of a venv with torch and transformers==4.57.6")
+    p.add_argument("--hf-python", default=str(HERE.parent / ".venv-hf457" / "bin" / "python"),
+                   help="python of a venv with torch and transformers==4.57.6 (made as the README says)")
     p.add_argument("--skip-default-model", action="store_true", help="skip the default-model (MLP) rows")
     p.add_argument("--out", default=str(HERE / "out"))
     # worker mode (internal)
@@ -226,6 +226,9 @@ def main() -> None:
     if args.worker:
         return spanqa_worker(args)
 
+    if not Path(args.hf_python).exists():
+        sys.exit(f"{args.hf_python} not found: make the pipeline's venv first (README, 'Tests and benchmarks'), or "
+                 "pass --hf-python")
     import torch
 
     from spanqa.reader import Reader

@@ -35,6 +35,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1.5e-4, help="spanqa learning rate")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:  # the HF Trainer refuses to start without it
+        sys.exit("the HF side of this benchmark needs accelerate: pip install -e '.[bench]'")
     from spanqa.default_model import base_model_path
 
     base = base_model_path()

@@ -19,6 +19,7 @@ from spanqa.cli import main
 from spanqa.data import is_unicode
 from spanqa.errors import SpanqaError
 from spanqa.reader import Reader
+from spanqa.validation import is_visible
 
 _any = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=10), st.text(max_size=10),
                  st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=3), st.integers()))
@@ -26,6 +27,7 @@ _any = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary
 
 def check_prediction(pred, context: str, top_k: int) -> None:
     assert 0 <= len(pred.answers) <= top_k and isinstance(pred.no_answer, bool)
+    assert pred.answers or pred.no_answer  # no span at all is "no answer", never [] with no_answer false
     scores = [a.score for a in pred.answers]
     assert scores == sorted(scores, reverse=True)
     assert len({(a.start, a.end) for a in pred.answers}) == len(pred.answers)
@@ -37,7 +39,7 @@ def check_prediction(pred, context: str, top_k: int) -> None:
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_api_answer_on_wild_text(tiny_reader, budget):
     def prop(question, context, top_k):
-        blank = not question.strip() or not context.strip()
+        blank = not is_visible(question) or not is_visible(context)  # empty to a reader (issue 15)
         try:
             pred = tiny_reader.answer(question, context, top_k=top_k)
         except SpanqaError as e:
@@ -98,11 +100,12 @@ def test_cli_answer_on_wild_text(loaded_once, budget):
         if rc == 0:
             pred = json.loads(out)
             assert len(pred["answers"]) <= max(top_k, 1) and isinstance(pred["no_answer"], bool)
+            assert pred["answers"] or pred["no_answer"]
             for a in pred["answers"]:
                 assert context[a["start"] : a["end"]] == a["text"]
         else:
             assert rc == 2 and err.startswith("spanqa: error:") and len(err.strip().splitlines()) == 1
-            assert not question.strip() or not context.strip() or top_k < 1, err
+            assert not is_visible(question) or not is_visible(context) or top_k < 1, err
             assert "Traceback" not in err
 
     fuzz("cli: spanqa answer", budget, prop, question=wild_text(20), context=wild_text(),
@@ -112,7 +115,8 @@ def test_cli_answer_on_wild_text(loaded_once, budget):
 def valid(rec) -> bool:
     if not isinstance(rec, dict) or isinstance(rec.get("id"), bool) or not isinstance(rec.get("id"), str | int):
         return False
-    return all(isinstance(rec.get(k), str) and rec[k].strip() and is_unicode(rec[k]) for k in ("question", "context"))
+    return all(isinstance(rec.get(k), str) and is_visible(rec[k]) and is_unicode(rec[k])
+               for k in ("question", "context"))
 
 
 @pytest.mark.parametrize("budget", BUDGETS)

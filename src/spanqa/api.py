@@ -29,10 +29,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from spanqa.config import ServeConfig
 from spanqa.errors import SpanqaError
-from spanqa.validation import Invalid, check_text
+from spanqa.validation import Invalid, check_text, json_error
 
 log = logging.getLogger("spanqa.serve")
 
@@ -89,11 +90,15 @@ async def read_body(request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body is {declared} bytes, above the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body is above the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"request body is above the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to read the answer: one debug line, not a traceback in the log
+        log.debug("client disconnected after %d of %s body bytes", size, declared)
+        raise ApiError(400, "client_disconnected", "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -103,7 +108,7 @@ def parse_json(raw: bytes):
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ApiError(400, "malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise ApiError(400, "malformed_json", f"malformed JSON: {json_error(e)}") from None
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "request body is not UTF-8 text") from None
     except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits, nesting too deep

@@ -7,16 +7,24 @@ Input lines are `{"id", "question", "context"}` (the Hugging Face layout works t
 "no_answer"}`, in input order.
 
 Memory is bounded: records are read and answered `chunk` at a time, and only the ids are kept (to skip the
-answered ones and catch duplicates). Each chunk's lines are appended, flushed and fsynced before the next
-chunk, so a killed run loses at most one chunk. Re-running the same command resumes: ids already in the
-output are skipped, and a partial last line (the process was killed mid-write) is cut off and its question
-answered again. A first pass validates every line, so a bad line is reported (file, line, field) before any
-work, or, with `skip_invalid`, counted and skipped; that pass also sizes the progress bar.
+answered ones and catch duplicates); a line longer than `max_line_bytes` stops the run. Each chunk's lines are
+appended, flushed and fsynced before the next chunk, so a killed run loses at most one chunk. Re-running the same
+command resumes: ids already in the output are skipped, and a partial last line (the process was killed mid-write) is
+cut off and its question answered again. A first pass validates every line, so a bad line is reported (file, line,
+field) before any work, or, with `skip_invalid`, counted and skipped; that pass also sizes the progress bar.
+
+Resuming only ever continues spanqa's own output for the same questions. Next to `answers.jsonl`, spanqa keeps
+`answers.jsonl.spanqa`: a header line, then `[id, fingerprint]` for every question it answers (written before the
+answers), the fingerprint a hash of the question and the context. An existing output is resumed only if every line is
+an answer line whose id has a fingerprint, and only if each answered id still holds the same question and context in
+the input; anything else (a question file, another tool's JSONL, the input itself under another name, an input that
+changed) is refused with one line, and nothing is written.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import sys
@@ -27,9 +35,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spanqa.config import MAX_CONTEXT_BYTES
 from spanqa.errors import DataError
 from spanqa.reader import Reader
-from spanqa.validation import Invalid, check_file, check_text
+from spanqa.validation import Invalid, check_file, check_output, check_text, json_error
 
 
 @dataclass
@@ -54,6 +63,13 @@ class AnswerFileStats:
 Record = tuple[str | int, str, str]  # id, question, context
 
 
+def fingerprint(question: str, context: str) -> str:
+    """What an answer was computed from: a resumed run answers an id again only if this still matches."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(f"{len(question)}:{question}{context}".encode())
+    return h.hexdigest()
+
+
 def _parse(raw: bytes) -> Record | None:
     """One input line -> (id, question, context); None for a blank line; Invalid names the bad field."""
     try:
@@ -65,7 +81,7 @@ def _parse(raw: bytes) -> Record | None:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise Invalid("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
+        raise Invalid("line", f"is not valid JSON ({json_error(e, line=False)})") from None
     except RecursionError:
         raise Invalid("line", "is nested too deeply") from None
     if not isinstance(rec, dict):
@@ -78,25 +94,33 @@ def _parse(raw: bytes) -> Record | None:
     return qid, check_text(rec.get("question"), "question"), check_text(rec.get("context"), "context")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every line; a line over `limit` bytes (or an endless one) stops with a DataError."""
     check_file(path, expect="a .jsonl file")
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            yield from enumerate(f, start=1)
+            n = 0
+            while raw := f.readline(limit + 1):
+                n += 1
+                if len(raw) > limit:
+                    raise DataError(f"{path}: line {n} is longer than {limit:,} bytes; raise --max-context-bytes "
+                                    "to read it")
+                yield n, raw
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def _records(path: Path, skip_lines: set[int]) -> Iterator[tuple[int, Record]]:
+def _records(path: Path, skip_lines: set[int], limit: int) -> Iterator[tuple[int, Record]]:
     """The valid records, in order; `skip_lines` holds the invalid and duplicate ones the scan found."""
-    for n, raw in _lines(path):
+    for n, raw in _lines(path, limit):
         if n not in skip_lines:
             rec = _parse(raw)
             if rec is not None:
                 yield n, rec
 
 
-def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> tuple[int, set[int]]:
+def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, limit: int,
+          output: Path) -> tuple[int, set[int]]:
     """Validate every line; return how many questions are left to answer and the lines to skip."""
     seen: set = set()
     skip: set[int] = set()
@@ -109,7 +133,7 @@ def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> 
         stats.invalid[f"{field_name} {reason.split(' (')[0]}"] += 1
         skip.add(n)
 
-    for n, raw in _lines(path):
+    for n, raw in _lines(path, limit):
         try:
             rec = _parse(raw)
         except Invalid as e:
@@ -122,38 +146,88 @@ def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> 
             bad(n, "id", f"{qid!r} is used twice")
             continue
         seen.add(qid)
-        if qid in done:
+        if qid not in done:
+            todo += 1
+        elif done[qid] == fingerprint(rec[1], rec[2]):
             stats.already_done += 1
         else:
-            todo += 1
+            raise DataError(f"{path}: line {n}: id {qid!r} was answered in {output} for another question or "
+                            "context; the input changed since: choose another --output")
     return todo, skip
 
 
-# ---- the output, and resuming it ----------------------------------------------------------------------------
-def recover_output(path: Path) -> tuple[set, bool]:
-    """The ids already answered in `path`; a partial last line (a kill mid-write) is cut off. Returns
-    (ids, whether a partial line was cut)."""
-    if not path.exists():
-        return set(), False
-    done: set = set()
-    good = 0  # bytes of complete lines
+# ---- the output, its fingerprints, and resuming them --------------------------------------------------------
+LOG_HEADER = {"spanqa": "answer fingerprints", "version": 1}
+
+
+def log_path(output: Path) -> Path:
+    """Where the fingerprints of `output`'s answers are kept."""
+    return output.with_name(output.name + ".spanqa")
+
+
+def check_paths(input_path: str | os.PathLike, output_path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(input, output, fingerprint log), checked before any work: the input exists, and neither file written is the
+    input, however spelled."""
+    inp = check_file(input_path, expect="a .jsonl file")
+    outp = check_output(output_path, "--output", inputs=[inp])
+    return inp, outp, check_output(log_path(outp), "--output", inputs=[inp])
+
+
+def _complete_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of the complete lines of `path`; a partial last line (a kill mid-write) is cut off."""
+    good = 0
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
-                break  # the last line, unfinished: answered again below
-            try:
-                rec = json.loads(raw)
-                qid = rec["id"]
-                hash(qid)
-            except (ValueError, TypeError, KeyError, RecursionError):
-                raise DataError(f"{path}: line {n} is not an answer line written by `spanqa answer --input`; "
-                                "choose another --output (or move this file away)") from None
-            done.add(qid)
+                break
+            yield n, raw
             good += len(raw)
-    partial = good < path.stat().st_size
-    if partial:
+    if good < path.stat().st_size:
         os.truncate(path, good)
-    return done, partial
+
+
+def _read_log(path: Path, output: Path) -> dict:
+    """id -> fingerprint, from spanqa's log next to `output` (later lines win)."""
+    prints: dict = {}
+    if not path.exists():
+        return prints
+    for n, raw in _complete_lines(path):
+        try:
+            rec = json.loads(raw)
+            if n == 1 and rec != LOG_HEADER or n > 1 and not (isinstance(rec, list) and len(rec) == 2):
+                raise ValueError
+            if n > 1:
+                prints[rec[0]] = rec[1]
+        except (ValueError, TypeError, RecursionError):
+            raise DataError(f"{path}: line {n} is not a fingerprint written by `spanqa answer --input` for "
+                            f"{output}; choose another --output (or move both files away)") from None
+    return prints
+
+
+def _is_answer_line(rec) -> bool:
+    return (isinstance(rec, dict) and set(rec) == {"id", "answers", "no_answer"} and isinstance(rec["answers"], list)
+            and isinstance(rec["no_answer"], bool) and isinstance(rec["id"], str | int))
+
+
+def recover_output(path: Path) -> tuple[dict, bool]:
+    """The ids already answered in `path` with their fingerprints, after checking that every line is an answer
+    spanqa wrote; a partial last line is cut off. Returns (id -> fingerprint, whether a partial line was cut)."""
+    prints = _read_log(log_path(path), path)  # also when there are no answers yet: the log must be ours
+    if not path.exists() or path.stat().st_size == 0:
+        return {}, False
+    size = path.stat().st_size
+    done: dict = {}
+    for n, raw in _complete_lines(path):
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            rec = None
+        if not _is_answer_line(rec) or rec["id"] not in prints:
+            why = f" ({log_path(path).name} has no fingerprint for its id)" if _is_answer_line(rec) else ""
+            raise DataError(f"{path}: line {n} is not an answer line written by `spanqa answer --input`{why}; "
+                            "choose another --output (or move this file away)")
+        done[rec["id"]] = prints[rec["id"]]
+    return done, path.stat().st_size < size
 
 
 # Characters some line readers (Python's str.splitlines among them) take as line breaks; json.dumps keeps
@@ -161,55 +235,76 @@ def recover_output(path: Path) -> tuple[set, bool]:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def _write_chunk(out, ids: list, preds: list, top_k: int) -> None:
-    lines = [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
-             for qid, p in zip(ids, preds, strict=True)]
-    out.write("".join(lines))
-    out.flush()
-    os.fsync(out.fileno())
+def _append(f, lines: list[str]) -> None:
+    f.write("".join(lines))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_chunk(out, log, ids: list, prints: list[str], preds: list, top_k: int) -> None:
+    """The chunk's fingerprints, then its answers: an answer on disk always has its fingerprint."""
+    _append(log, [json.dumps([qid, fp], ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+                  for qid, fp in zip(ids, prints, strict=True)])
+    _append(out, [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+                  for qid, p in zip(ids, preds, strict=True)])
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
-def answer_file(
-    reader: Reader,
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    top_k: int = 1,
-    chunk: int = 512,
-    batch_size: int = 32,
-    skip_invalid: bool = False,
-    progress: bool = True,
-) -> AnswerFileStats:
-    """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
-    inp, outp = Path(input_path), Path(output_path)
-    if chunk < 1 or batch_size < 1 or top_k < 1:
-        raise DataError("chunk, batch_size and top_k must be at least 1")
-    if outp.exists() and inp.exists() and outp.resolve() == inp.resolve():
-        raise DataError(f"{outp}: the output would overwrite the input; choose another --output")
-    t0 = time.perf_counter()
+@dataclass
+class Plan:
+    """What `plan` found before any work: the checked paths, the answers already written, the lines to skip."""
+
+    input: Path
+    output: Path
+    log: Path
+    done: dict  # id -> fingerprint of the answers already in the output
+    skip: set[int]  # invalid and duplicate lines
+    todo: int
+    max_line_bytes: int
+    stats: AnswerFileStats
+    started: float
+
+
+def plan(input_path: str | os.PathLike, output_path: str | os.PathLike, skip_invalid: bool = False,
+         max_line_bytes: int = MAX_CONTEXT_BYTES) -> Plan:
+    """Everything before the first answer, and before a model loads: the paths checked, the output recovered (and
+    refused if it is not spanqa's answers to these questions), every input line validated."""
+    started = time.perf_counter()
+    inp, outp, logp = check_paths(input_path, output_path)
     stats = AnswerFileStats()
     done, stats.recovered_partial_line = recover_output(outp)
-    todo, skip = _scan(inp, done, skip_invalid, stats)
+    todo, skip = _scan(inp, done, skip_invalid, stats, max_line_bytes, outp)
+    return Plan(inp, outp, logp, done, skip, todo, max_line_bytes, stats, started)
 
+
+def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
+        progress: bool = True) -> AnswerFileStats:
+    """Answer what `p` left to do, `chunk` questions at a time, each chunk's fingerprints and answers on disk before
+    the next."""
+    if chunk < 1 or batch_size < 1 or top_k < 1:
+        raise DataError("chunk, batch_size and top_k must be at least 1")
     from tqdm.auto import tqdm
 
-    outp.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=todo, unit="q", desc="answer", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    with open(outp, "a", encoding="utf-8") as out:
+    stats = p.stats
+    bar = tqdm(total=p.todo, unit="q", desc="answer", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    with open(p.output, "a", encoding="utf-8") as out, open(p.log, "a", encoding="utf-8") as log:
+        if log.tell() == 0:
+            _append(log, [json.dumps(LOG_HEADER) + "\n"])
         ids: list = []
         questions: list[str] = []
         contexts: list[str] = []
 
         def flush() -> None:
             preds = reader.predict(questions, contexts, top_k=top_k, batch_size=batch_size)
-            _write_chunk(out, ids, preds, top_k)
+            _write_chunk(out, log, ids, [fingerprint(q, c) for q, c in zip(questions, contexts, strict=True)],
+                         preds, top_k)
             stats.answered += len(ids)
             bar.update(len(ids))
             for buf in (ids, questions, contexts):
                 buf.clear()
 
-        for _, (qid, question, context) in _records(inp, skip):
-            if qid in done:
+        for _, (qid, question, context) in _records(p.input, p.skip, p.max_line_bytes):
+            if qid in p.done:
                 continue
             ids.append(qid)
             questions.append(question)
@@ -219,5 +314,15 @@ def answer_file(
         if ids:
             flush()
     bar.close()
-    stats.seconds = time.perf_counter() - t0
+    stats.seconds = time.perf_counter() - p.started
     return stats
+
+
+def answer_file(reader: Reader, input_path: str | os.PathLike, output_path: str | os.PathLike, top_k: int = 1,
+                chunk: int = 512, batch_size: int = 32, skip_invalid: bool = False, progress: bool = True,
+                max_line_bytes: int = MAX_CONTEXT_BYTES) -> AnswerFileStats:
+    """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
+    if chunk < 1 or batch_size < 1 or top_k < 1:
+        raise DataError("chunk, batch_size and top_k must be at least 1")
+    return run(reader, plan(input_path, output_path, skip_invalid, max_line_bytes), top_k, chunk, batch_size,
+               progress)

@@ -7,7 +7,8 @@ A saved reader (the spanqa format) is a directory:
     spanqa.json                      the ReaderConfig: formatting, decoding and head settings, the no-answer threshold
 The shipped model stores its encoder as an fp16 delta from the packaged base instead (see `pack_delta`), and a
 directory without spanqa.json but with a `*ForQuestionAnswering` config.json is read as a HF checkpoint (spanqa.hf).
-Loading reads safetensors only, never pickle.
+Loading reads safetensors only, never pickle, and a damaged file (a truncated shard, a spanqa.json that is not an
+object) is a ModelError naming it. Written files get the umask's mode (safetensors alone would write them 0600).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from spanqa.config import ReaderConfig
 from spanqa.default_model import BASE_PACKAGE, base_model_path, default_model_dir
 from spanqa.errors import ModelError
 from spanqa.model import SpanModel, load_encoder, quiet_transformers
+from spanqa.validation import json_error, umask_mode
 
 SPANQA_JSON = "spanqa.json"
 HEADS_FILE = "heads.safetensors"
@@ -47,6 +49,53 @@ def save(model: SpanModel, tokenizer, config: ReaderConfig, path: str | os.PathL
     tokenizer.save_pretrained(str(path))
     save_file(head_state(model), str(path / HEADS_FILE))
     (path / SPANQA_JSON).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    umask_mode(path.glob("*.safetensors"))
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a ModelError naming it (missing, truncated, not safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise ModelError(f"{file}: missing") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise ModelError(f"{file}: damaged or not a safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def _encoder(path: Path, raw: dict):
+    """The encoder of a spanqa directory (its own weights, or the fp16 delta); a damaged file is named."""
+    from safetensors import SafetensorError
+
+    if raw.get("encoder_delta"):
+        return load_delta_encoder(path, raw)
+    try:
+        return load_encoder(str(path))
+    except SafetensorError as e:
+        raise ModelError(f"{path / 'model.safetensors'}: damaged or not a safetensors file "
+                         f"({str(e).splitlines()[0]})") from None
+
+
+def read_spanqa_json(meta: Path) -> dict:
+    """The spanqa.json of a model directory as a dict, or a ModelError naming the file."""
+    try:
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{meta}: malformed JSON ({json_error(e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{meta}: cannot read ({e})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{meta}: must be a JSON object, got {type(raw).__name__}")
+    delta = raw.get("encoder_delta")
+    if delta is not None:
+        files = delta.get("files") if isinstance(delta, dict) else None
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) and f and Path(f).name == f
+                                                              for f in files):
+            raise ModelError(f"{meta}: encoder_delta must be an object whose 'files' lists file names of the "
+                             "directory")
+    return raw
 
 
 def write_config(path: str | os.PathLike, config: ReaderConfig, extra: dict | None = None) -> None:
@@ -70,20 +119,16 @@ def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, Read
         if is_hf_qa_dir(path):
             return load_hf_qa(path)
         raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
-    try:
-        raw = json.loads(meta.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{meta}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    raw = read_spanqa_json(meta)
     config = ReaderConfig.from_dict(raw, str(meta))
     try:
-        from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
-        encoder = load_delta_encoder(path, raw) if raw.get("encoder_delta") else load_encoder(str(path))
+        encoder = _encoder(path, raw)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
-        heads = load_file(str(path / HEADS_FILE))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
+    heads = load_tensors(path / HEADS_FILE)
     model = SpanModel(encoder, config.head)
     missing = model.load_state_dict(heads, strict=False)
     bad = [k for k in missing.missing_keys if not k.startswith("encoder.")] + missing.unexpected_keys
@@ -146,6 +191,7 @@ def pack_delta(model: SpanModel, config: ReaderConfig, out_dir: str | Path, base
         save_file(shard, str(out / name))
         files.append(name)
     save_file(head_state(model), str(out / HEADS_FILE))
+    umask_mode([out / f for f in (*files, HEADS_FILE)])
     meta = replace(config, base="package:" + BASE_PACKAGE).to_dict()
     meta["encoder_delta"] = {"files": files, "base_sha256": base_sha256 or base_fingerprint(base_dir),
                              "base_rounding": "float16", "dtype": "float16"}
@@ -155,8 +201,6 @@ def pack_delta(model: SpanModel, config: ReaderConfig, out_dir: str | Path, base
 
 def load_delta_encoder(path: Path, meta: dict):
     """The encoder of a delta-packed model: round_fp16(packaged base) + delta."""
-    from safetensors.torch import load_file
-
     info = meta["encoder_delta"]
     base_dir = base_model_path()
     want = info.get("base_sha256")
@@ -166,7 +210,7 @@ def load_delta_encoder(path: Path, meta: dict):
     encoder = load_encoder(base_dir)
     delta: dict = {}
     for name in info["files"]:
-        delta.update(load_file(str(Path(path) / name)))
+        delta.update(load_tensors(Path(path) / name))
     with torch.no_grad():
         for k, v in encoder.state_dict().items():
             new = v.half().float()

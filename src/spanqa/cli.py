@@ -11,11 +11,14 @@ import argparse
 import json
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from spanqa.config import (
     API_KEY_ENV,
     AnswerConfig,
+    ContextLimits,
     EvaluateConfig,
     NegativesConfig,
     RunConfig,
@@ -74,18 +77,27 @@ def build(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()):
 
 # ---- answer -----------------------------------------------------------------------------------------------------
 def _question_and_context(args: argparse.Namespace) -> str:
-    """The context of `--context` or `--context-file`, after checking that it and `--question` are not empty."""
-    from spanqa.validation import open_text
+    """The context of `--context` or `--context-file`, after checking that it and `--question` are not empty (to a
+    reader: zero-width and control characters do not count)."""
+    from spanqa.validation import Invalid, check_text, open_text
 
+    limits = build(ContextLimits, args)
     if args.context is not None:
         context = args.context
     else:  # as stored: no newline translation, so offsets index the file
-        context = open_text(args.context_file, what="context file", expect="a text file")
-    if not args.question.strip():
-        raise SpanqaError("--question is empty")
-    if not context.strip():
-        raise SpanqaError("the context is empty")
+        context = open_text(args.context_file, what="context file", expect="a text file",
+                            limit=limits.max_context_bytes, limit_flag="--max-context-bytes")
+    try:
+        check_text(args.question, "--question", record=False)
+        check_text(context, "the context", record=False)
+    except Invalid as e:
+        raise SpanqaError(str(e)) from None
     return context
+
+
+def _progress(wanted: bool) -> bool:
+    """A progress bar only where someone watches it: on a terminal."""
+    return wanted and sys.stderr.isatty()
 
 
 def _reader(args: argparse.Namespace):
@@ -102,7 +114,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.question is None or (args.context is None and args.context_file is None):
         raise SpanqaError("give --question and --context (or --context-file), or --input FILE --output FILE")
     context = _question_and_context(args)
-    pred = _reader(args).answer(args.question, context, top_k=cfg.top_k)
+    pred = _reader(args).answer(args.question, context, top_k=cfg.top_k, progress=_progress(cfg.progress))
     if args.json:
         print(json.dumps(pred.to_dict(cfg.top_k), ensure_ascii=False))
     elif pred.no_answer or not pred.answers:
@@ -118,16 +130,18 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 def cmd_answer_file(args: argparse.Namespace, cfg: AnswerConfig) -> int:
     """`spanqa answer --input questions.jsonl --output answers.jsonl`: streaming and resumable."""
-    from spanqa.batch_answer import answer_file
+    from spanqa import batch_answer
     from spanqa.serving import limit_heap_growth
 
     if args.input is None or args.output is None:
         raise SpanqaError("--input and --output go together")
     if args.question is not None or args.context is not None or args.context_file is not None:
         raise SpanqaError("--input answers the questions of a file; do not also give --question/--context")
+    # paths, the output's answers so far and every input line are checked before the model loads
+    plan = batch_answer.plan(args.input, args.output, cfg.skip_invalid, build(ContextLimits, args).max_context_bytes)
     limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
-    stats = answer_file(_reader(args), args.input, args.output, top_k=cfg.top_k, chunk=cfg.chunk,
-                        batch_size=cfg.batch_size, skip_invalid=cfg.skip_invalid, progress=cfg.progress)
+    stats = batch_answer.run(_reader(args), plan, top_k=cfg.top_k, chunk=cfg.chunk, batch_size=cfg.batch_size,
+                             progress=cfg.progress)
     if args.json:
         print(json.dumps(stats.to_dict()))
     else:
@@ -146,9 +160,12 @@ EVAL_KEYS = ("exact_match", "f1", "begin_accuracy", "end_accuracy", "both_accura
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from spanqa.data import load_dataset
-    from spanqa.evaluation import evaluate
+    from spanqa.evaluation import OUT_FILES, evaluate
+    from spanqa.validation import check_file, check_output
 
     cfg = build(EvaluateConfig, args)
+    if args.out is not None:  # before the work, whose results an unwritable --out would lose
+        check_output(args.out, "--out", inputs=[check_file(args.data)], directory=True, writes=OUT_FILES)
     data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
     if data.skipped:
         print(f"spanqa: skipped {sum(data.skipped.values())} invalid record(s): {dict(data.skipped)}",
@@ -235,20 +252,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from spanqa.explain import CHART_SUFFIXES, explain
+    from spanqa.validation import check_output
 
     context = _question_and_context(args)
     if Path(args.out).suffix.lower() not in CHART_SUFFIXES:
         raise SpanqaError(f"--out {args.out}: the chart must end in one of {', '.join(CHART_SUFFIXES)}")
-    answer, path = explain(_reader(args), args.question, context, args.out, log_scale=args.log_scale)
+    check_output(args.out, "--out", inputs=[args.context_file])
+    answer, path = explain(_reader(args), args.question, context, args.out, log_scale=args.log_scale,
+                           progress=_progress(args.progress))
     print(json.dumps({**answer, "chart": str(path)}, ensure_ascii=False))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from spanqa.default_model import default_model_dir
     from spanqa.reader import Reader
+    from spanqa.validation import check_output
 
     if args.int8 and args.format != "onnx":
         raise SpanqaError("--int8 applies to --format onnx only")
+    check_output(args.out, "--out", inputs=[args.model or default_model_dir()], directory=True)
     reader = Reader.load(args.model, device="cpu")
     if args.format == "hf":
         from spanqa.hf import export_hf
@@ -271,6 +294,7 @@ def _question_flags(p: argparse.ArgumentParser, required: bool) -> None:
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--context")
     src.add_argument("--context-file", help="a UTF-8 text file, read as stored")
+    add_flags(p, ContextLimits)
 
 
 def add_commands(sub) -> None:
@@ -316,6 +340,7 @@ def add_commands(sub) -> None:
     _question_flags(x, required=True)
     x.add_argument("--out", required=True, help="chart file: .png, .svg or .pdf")
     x.add_argument("--log-scale", action="store_true", help="log y axis, to see the small probabilities too")
+    x.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     x.set_defaults(func=cmd_explain)
 
     x = sub.add_parser("export", help="write the model as an ONNX graph for ONNX Runtime, or as a HF QA checkpoint")
@@ -333,11 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextmanager
+def one_line_warnings():
+    """Warnings as `spanqa: warning: ...`, one line each, without Python's source line."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"spanqa: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with one_line_warnings():
+            return args.func(args)
     except SpanqaError as e:
         print(f"spanqa: error: {e}", file=sys.stderr)
         return 2

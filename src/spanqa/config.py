@@ -15,6 +15,7 @@ from spanqa.errors import ConfigError, ModelError
 ENGINES = ("torch", "onnx", "onnx-int8")  # what runs the network: see spanqa.engines
 DEVICES_HELP = "cpu, cuda, cuda:N or auto (a GPU when there is one)"
 API_KEY_ENV = "SPANQA_API_KEY"
+MAX_CONTEXT_BYTES = 16 * 2**20  # ~4M tokens, minutes of CPU time; an endless input stops here, not out of memory
 
 
 class SettingError(ConfigError):
@@ -78,6 +79,20 @@ class HeadConfig:
             raise ConfigError(f"head kind must be 'linear' or 'mlp', got {self.kind!r}")
 
 
+def _typed(cls, values, section: str) -> dict:
+    """`values` (a saved section of spanqa.json) if each is of its setting's type; counts may not be negative."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be an object, got {type(values).__name__}")
+    kinds = {f.name: type(f.default) for f in fields(cls)}
+    for k, v in values.items():
+        kind = kinds.get(k)
+        ok = kind is None or (type(v) is kind) or (kind is float and type(v) is int)  # unknown keys: TypeError later
+        if not ok or (kind is int and v < 0):
+            raise ConfigError(f"{section}.{k} must be {'a non-negative ' if kind is int else 'a '}{kind.__name__}, "
+                              f"got {v!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
     """Everything a saved reader needs besides its weights; written to spanqa.json."""
@@ -94,11 +109,13 @@ class ReaderConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "spanqa.json") -> ReaderConfig:
+        if not isinstance(d, dict):
+            raise ModelError(f"{where}: must be a JSON object, got {type(d).__name__}")
         try:
             return cls(
-                format=FormatConfig(**d.get("format", {})),
-                decode=DecodeConfig(**d.get("decode", {})),
-                head=HeadConfig(**d.get("head", {})),
+                format=FormatConfig(**_typed(FormatConfig, d.get("format", {}), "format")),
+                decode=DecodeConfig(**_typed(DecodeConfig, d.get("decode", {}), "decode")),
+                head=HeadConfig(**_typed(HeadConfig, d.get("head", {}), "head")),
                 base=d.get("base", ""),
                 training=d.get("training", {}),
                 calibration=d.get("calibration", {}),
@@ -197,6 +214,16 @@ class AnswerConfig:
 
     def __post_init__(self) -> None:
         at_least(self, "top_k batch_size chunk", 1)
+
+
+@dataclass(frozen=True)
+class ContextLimits:
+    """How much of a context file `answer` and `explain` read (with --input: of one line)."""
+
+    max_context_bytes: int = opt(MAX_CONTEXT_BYTES, "largest --context-file, or --input line, read (bytes)")
+
+    def __post_init__(self) -> None:
+        at_least(self, "max_context_bytes", 1)
 
 
 @dataclass(frozen=True)

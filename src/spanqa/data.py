@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spanqa.errors import DataError
-from spanqa.validation import Invalid, check_int, check_text, is_unicode, open_text
+from spanqa.validation import Invalid, check_int, check_text, is_unicode, json_error, open_text
 
 __all__ = ["Dataset", "Example", "GoldAnswer", "is_unicode", "load_dataset"]
 
@@ -177,7 +177,7 @@ def _load_jsonl(text: str, col: _Collector) -> None:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            col.fail(where, "line", f"is not valid JSON ({e.msg} at column {e.colno})")
+            col.fail(where, "line", f"is not valid JSON ({json_error(e, line=False)})")
             continue
         except RecursionError:
             col.fail(where, "line", "is nested too deeply")
@@ -216,7 +216,7 @@ def load_dataset(path: str | Path, skip_invalid: bool = False) -> Dataset:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+            raise DataError(f"{path}: malformed JSON: {json_error(e)}") from None
         except RecursionError:
             raise DataError(f"{path}: malformed JSON: nested too deeply") from None
         declared = _load_squad(data, col).lstrip("v")

@@ -32,6 +32,7 @@ from torch import nn
 from spanqa.config import ENGINES
 from spanqa.errors import ConfigError, ModelError
 from spanqa.model import SpanModel, mask_logits, without_pooler
+from spanqa.validation import umask_mode
 
 GRAPH_FILE = "model.onnx"
 EXPORT_JSON = "export.json"
@@ -130,7 +131,7 @@ def cached_graph(model: SpanModel, int8: bool, cache_dir: str | Path | None = No
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
         export_onnx(model, tmp, int8=int8)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        umask_mode([tmp])  # mkdtemp's 0700 would hide a shared cache from other users
         try:
             tmp.rename(final)  # atomic: a half-built graph is never seen under the final name
         except OSError:

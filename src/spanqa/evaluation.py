@@ -23,8 +23,12 @@ import numpy as np
 
 from spanqa.calibration import Calibration, best_threshold, ece, features, fit, reliability_diagram
 from spanqa.data import Dataset, Example
+from spanqa.errors import DataError
 from spanqa.metric import compute_exact, compute_f1, evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
+from spanqa.validation import check_output
+
+OUT_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json", "reliability.png")  # in out_dir
 
 
 def _token_index(ends: np.ndarray, char: int) -> int:
@@ -109,6 +113,8 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
+    if out_dir is not None:  # before the work: results are never lost to an output that cannot be written
+        check_output(out_dir, "--out", inputs=[dataset.path or None], directory=True, writes=OUT_FILES)
     examples = dataset.examples[:limit] if limit else dataset.examples
     t0 = time.perf_counter()
     preds = reader.predict([e.question for e in examples], [e.context for e in examples],
@@ -134,19 +140,24 @@ def evaluate(
 def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
     """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png."""
     out.mkdir(parents=True, exist_ok=True)
-    predictions = {ex.id: t[0] for ex, t in zip(examples, tops, strict=True)}
-    (out / "predictions.json").write_text(json.dumps(predictions, ensure_ascii=False, indent=1))
-    nbest = {ex.id: [a.as_dict() for a in p.answers] for ex, p in zip(examples, preds, strict=True)}
-    (out / "nbest.json").write_text(json.dumps(nbest, ensure_ascii=False))
     na = {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
           for ex, p in zip(examples, preds, strict=True)}
-    (out / "null_odds.json").write_text(json.dumps(na))
     try:
         reliability_diagram([t[1] for t in tops], [t[2] for t in tops], out / "reliability.png",
                             title=Path(str(metrics.get("data", ""))).name)
     except ImportError:
         metrics["reliability_diagram"] = "not drawn: needs matplotlib (pip install 'spanqa[serve]')"
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files = {"predictions.json": json.dumps({ex.id: t[0] for ex, t in zip(examples, tops, strict=True)},
+                                            ensure_ascii=False, indent=1),
+             "nbest.json": json.dumps({ex.id: [a.as_dict() for a in p.answers]
+                                       for ex, p in zip(examples, preds, strict=True)}, ensure_ascii=False),
+             "null_odds.json": json.dumps(na),
+             "metrics.json": json.dumps(metrics, indent=2) + "\n"}
+    for name, text in files.items():
+        try:
+            (out / name).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{out / name}: cannot write ({e.strerror or e})") from None
 
 
 def calibrate(reader: Reader, dataset: Dataset, batch_size: int = 64, progress: bool = False) -> tuple[Calibration,

@@ -85,9 +85,10 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
     return out
 
 
-def explain(reader, question: str, context: str, out: str | Path, log_scale: bool = False) -> tuple[dict, Path]:
+def explain(reader, question: str, context: str, out: str | Path, log_scale: bool = False,
+            progress: bool = False) -> tuple[dict, Path]:
     """Answer, then draw the chart with the predicted span marked; return (the CLI's JSON answer, chart path)."""
-    pred = reader.answer(question, context, top_k=1, probabilities=True)
+    pred = reader.answer(question, context, top_k=1, probabilities=True, progress=progress)
     tp = pred.probabilities
     best = None if pred.no_answer else pred.best
     span = (best.start, best.end) if best else None

@@ -43,6 +43,7 @@ class Window:
     max_context: np.ndarray  # (n,) bool: this window gives the token its most surrounding context
     start_position: int = 0  # training target; 0 ([CLS]) when the answer is not in this window
     end_position: int = 0
+    siblings: int = 1  # windows of this example (this one included): the total of a progress bar
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -265,6 +266,7 @@ def _pair_windows(ex: int, q: np.ndarray, c_ids: np.ndarray, c_offs: np.ndarray,
             max_context=mc,
             start_position=gold[0],
             end_position=gold[1],
+            siblings=len(starts),
         )
 
 

@@ -22,6 +22,7 @@ import torch
 from spanqa.config import HeadConfig, ReaderConfig
 from spanqa.errors import ModelError
 from spanqa.model import SpanModel, quiet_transformers
+from spanqa.validation import umask_mode
 
 CONFIG_KEY = "spanqa"
 
@@ -58,6 +59,7 @@ def export_hf(reader, out: str | Path) -> Path:
     with quiet_transformers():
         qa.float().save_pretrained(str(out), safe_serialization=True)
     reader.tokenizer.save_pretrained(str(out))
+    umask_mode(out.glob("*.safetensors"))  # safetensors writes 0600
     return out
 
 
@@ -74,6 +76,7 @@ def is_hf_qa_dir(path: Path) -> bool:
 
 def load_hf_qa(path: str | Path):
     """(SpanModel, tokenizer, ReaderConfig) from a QA checkpoint: its encoder, and qa_outputs split in two."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     path = Path(path)
@@ -81,6 +84,9 @@ def load_hf_qa(path: str | Path):
         with quiet_transformers():
             qa = AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except SafetensorError as e:
+        raise ModelError(f"{path / 'model.safetensors'}: damaged or not a safetensors file "
+                         f"({str(e).splitlines()[0]})") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load question-answering checkpoint: {str(e).splitlines()[0]}") from None
     head = getattr(qa, "qa_outputs", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from spanqa import calibration, checkpoint
 from spanqa.calibration import Calibration
-from spanqa.config import ENGINES, ReaderConfig
+from spanqa.config import DEVICES_HELP, ENGINES, ReaderConfig
 from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows, pair_template
@@ -57,10 +57,45 @@ class Prediction:
         return out
 
 
-def resolve_device(device: str | None) -> torch.device:
+PROGRESS_DELAY_S = 1.0  # a progress bar shows only for work that takes longer than this
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device `--device` names, or a ConfigError: unknown names, and devices this machine lacks (a CUDA
+    device with a CPU-only torch, a GPU index past the last), are refused here, once, before any model loads."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r}: unknown device; use {DEVICES_HELP}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is usable here (torch {torch.__version__}); use "
+                              "--device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: spanqa runs on {DEVICES_HELP}")
+    return dev
+
+
+def _count_windows(windows: Iterable[Window], bar) -> Iterator[Window]:
+    """The windows, adding each example's window count to the bar's total as its first window is made."""
+    last = None
+    for w in windows:
+        if w.example_index != last:
+            last = w.example_index
+            bar.total += w.siblings
+        yield w
+
+
+def _ticks(scored: Iterable[ScoredWindow], bar) -> Iterator[ScoredWindow]:
+    for sw in scored:
+        bar.update()
+        yield sw
 
 
 def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: int) -> None:
@@ -114,6 +149,7 @@ class Reader:
         """A new reader with fresh heads on a pretrained encoder (local directory or hub id)."""
         from transformers import AutoTokenizer
 
+        resolve_device(device)
         try:
             encoder = load_encoder(base)
             tokenizer = AutoTokenizer.from_pretrained(base)
@@ -127,6 +163,7 @@ class Reader:
         with no path, the default model shipped in the package. `engine`: one of config.ENGINES."""
         if engine not in ENGINES:
             raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        resolve_device(device)  # before the model loads: a device this machine lacks is refused at once
         model, tokenizer, config = checkpoint.load(path)
         return cls(model, tokenizer, config, device, engine)
 
@@ -134,9 +171,11 @@ class Reader:
         checkpoint.save(self.model, self.tokenizer, self.config, path)
 
     # ---- inference ----------------------------------------------------------------------------------------
-    def answer(self, question: str, context: str, top_k: int = 1, probabilities: bool = False) -> Prediction:
-        """Answer one question from one context. `answers[0].text == context[start:end]`."""
-        return self.predict([question], [context], top_k=top_k, probabilities=probabilities)[0]
+    def answer(self, question: str, context: str, top_k: int = 1, probabilities: bool = False,
+               progress: bool = False) -> Prediction:
+        """Answer one question from one context. `answers[0].text == context[start:end]`. `progress`: a bar of
+        windows scored, for a long context."""
+        return self.predict([question], [context], top_k=top_k, probabilities=probabilities, progress=progress)[0]
 
     def predict(
         self,
@@ -151,7 +190,8 @@ class Reader:
         """Answer many questions; windows of all questions are batched together, sorted by length.
 
         `probabilities` (for all questions, or one flag per question) also returns each context token's P_begin and
-        P_end, read from the same forward pass as the answers.
+        P_end, read from the same forward pass as the answers. `progress` shows a bar (questions; windows for one
+        question) on stderr once the work takes over PROGRESS_DELAY_S.
         """
         check_inputs(questions, contexts, top_k=top_k, batch_size=batch_size)
         want = [bool(probabilities)] * len(questions) if isinstance(probabilities, bool) else list(probabilities)
@@ -160,15 +200,20 @@ class Reader:
                                 pad_id=self.tokenizer.pad_token_id or 0, probabilities=any(want),
                                 keep_windows=keep_windows)
         windows = iter_windows(self.tokenizer, questions, contexts, self.config.format, self._template)
-        scored = score_windows(self.logits, windows, settings)
         from tqdm.auto import tqdm
 
+        one = len(questions) == 1  # one question: count its windows, the only progress there is
         out = []
-        with tqdm(total=len(questions), desc="answer", unit="q", file=sys.stderr, dynamic_ncols=True,
-                  disable=not progress) as bar:
+        with tqdm(total=0 if one else len(questions), desc="answer", unit="window" if one else "q", file=sys.stderr,
+                  dynamic_ncols=True, disable=not progress, delay=PROGRESS_DELAY_S) as bar:
+            if one and progress:
+                windows = _count_windows(windows, bar)
+            scored = score_windows(self.logits, windows, settings)
+            if one and progress:
+                scored = _ticks(scored, bar)
             for ex, parts in itertools.groupby(scored, key=lambda sw: sw.example_index):
                 out.append(self._merge(questions[ex], contexts[ex], list(parts), top_k, want[ex]))
-                bar.update()
+                bar.update(0 if one else 1)
         return out
 
     def _merge(self, question: str, context: str, parts: list[ScoredWindow], k: int, probabilities: bool
@@ -185,6 +230,7 @@ class Reader:
         p_null = None
         if self._calibration is not None:
             cands, p_null = calibration.apply(self._calibration, question, context, cands, null_score)
+        # no span at all (a context whose characters the tokenizer drops) is "no answer", whatever the settings
         no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode, p_null)
         return Prediction(cands, no_ans, null_score, [p.window for p in parts if p.window is not None], tokens,
                           p_null)

@@ -33,22 +33,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanqa import distributed
+from spanqa import checkpoint, distributed
 from spanqa.batching import collate, length_grouped_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
 from spanqa.distributed import DistEnv
-from spanqa.errors import ConfigError
+from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows
 from spanqa.loss import span_loss
 from spanqa.model import encoder_max_positions
 from spanqa.perf import encoder_matmul_flops
-from spanqa.reader import Reader
+from spanqa.reader import Reader, resolve_device
+from spanqa.validation import check_output, umask_mode
 
 __all__ = ["CHECKPOINT", "TrainConfig", "TrainState", "find_checkpoint", "load_checkpoint", "lr_factor",
            "save_checkpoint", "train"]
 
 CHECKPOINT = "checkpoint"
+LOG_FILE = "train_log.jsonl"
+# what a run writes at the top of --out (besides tokenizer files): none of it may be an input
+WRITES = (LOG_FILE, checkpoint.SPANQA_JSON, checkpoint.HEADS_FILE, "model.safetensors", "config.json")
 
 # Settings that fix the data order and the windows: a checkpoint can only continue a run that agrees on them.
 RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_seq_len", "doc_stride",
@@ -155,7 +159,8 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
         from spanqa.default_model import base_model_path
 
         cfg = replace(cfg, base=base_model_path())
-    out = Path(cfg.out)
+    resolve_device(cfg.device)  # checked before any work, like --out
+    out = check_output(cfg.out, "--out", inputs=(cfg.train, cfg.dev), directory=True, writes=WRITES)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env, device = distributed.init(cfg.device)
@@ -430,7 +435,7 @@ def lr_factor(step: int, total_steps: int, elapsed: float, budget_s: float | Non
 def log(run: Run, record: dict) -> None:
     """One train_log.jsonl line (rank 0 only)."""
     if run.env.main:
-        with open(run.out / "train_log.jsonl", "a") as f:
+        with open(run.out / LOG_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
@@ -456,6 +461,7 @@ def save_checkpoint(out: Path, reader: Reader, opt: torch.optim.Optimizer, state
         for k, v in s.items():
             tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     save_file(tensors, str(tmp / "trainer_state.safetensors"))
+    umask_mode([tmp / "trainer_state.safetensors"])
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
         with open(f, "rb") as fh:
@@ -477,11 +483,14 @@ def find_checkpoint(out: Path) -> Path | None:
 
 def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]:
     """The reader, the saved TrainState (as a dict) and the optimiser/RNG tensors of a checkpoint."""
-    from safetensors.torch import load_file
-
     reader = Reader.load(path, device=reader_device)
-    state = json.loads((path / "trainer_state.json").read_text())
-    tensors = load_file(str(path / "trainer_state.safetensors"))
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path / 'trainer_state.json'}: damaged ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path / 'trainer_state.json'}: must be a JSON object, got {type(state).__name__}")
+    tensors = checkpoint.load_tensors(path / "trainer_state.safetensors")
     return reader, state, tensors
 
 

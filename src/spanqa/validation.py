@@ -1,14 +1,20 @@
-"""Checks of user text and files, shared by data loading, the reader, the API, the CLI and batch answering.
+"""Checks of user text, input files and output paths, shared by data loading, the reader, the API, the CLI and
+batch answering.
 
 A bad field raises `Invalid(field, reason)`; each caller says where it was (file and line, record id, request item)
-in its own one-line error, so the same input gets the same words everywhere.
+in its own one-line error, so the same input gets the same words everywhere. Files are read with a stated size limit
+(an endless input such as /dev/zero stops with a message, not out of memory), and every path a command writes goes
+through `check_output` before any work, so an output never overwrites an input, however the two are spelled.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
+import unicodedata
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,17 @@ class Invalid(Exception):
         self.field_name, self.reason, self.kind = field_name, reason, kind
 
 
+# Characters that show nothing to a reader: whitespace, control and format characters (zero-width spaces and
+# joiners, the BOM, bidi marks), separators, and combining marks with nothing to combine with.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+MAX_DATA_BYTES = 2**30  # a whole data file (SQuAD JSON or JSONL) read into memory
+
+
+def is_visible(text: str) -> bool:
+    """True when `text` holds at least one character a reader sees (tokenizers drop the others)."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in INVISIBLE_CATEGORIES for ch in text)
+
+
 def is_unicode(text: str) -> bool:
     """False for strings with lone surrogates, which JSON escapes can produce and tokenizers reject."""
     try:
@@ -34,7 +51,7 @@ def is_unicode(text: str) -> bool:
 
 def check_text(value: Any, name: str, allow_empty: bool = False, limit: int | None = None,
                record: bool = True) -> str:
-    """`value` if it is a usable text (a string, not blank, valid Unicode, at most `limit` characters).
+    """`value` if it is a usable text (a string with a visible character, valid Unicode, at most `limit` characters).
 
     `record`: the value comes from a record, where None means the field is missing (elsewhere it is a wrong type).
     """
@@ -48,6 +65,9 @@ def check_text(value: Any, name: str, allow_empty: bool = False, limit: int | No
         raise Invalid(name, f"has {len(value)} characters, above the limit of {limit}", "too_long")
     if not is_unicode(value):
         raise Invalid(name, "is not valid Unicode (it holds a lone surrogate, e.g. a JSON \\udc80 escape)", "unicode")
+    if not allow_empty and not is_visible(value):
+        raise Invalid(name, "is empty to a reader (only invisible characters: zero-width, control or format "
+                            "characters, combining marks)", "empty")
     return value
 
 
@@ -57,6 +77,14 @@ def check_int(value: Any, name: str) -> int:
     return value
 
 
+def json_error(e, line: bool = True) -> str:
+    """A json.JSONDecodeError in words: 'Unterminated string starting at line 1, column 46' (its message may end in
+    'at' already); `line=False` for the one line of a JSONL record: '... at column 46'."""
+    where = f"line {e.lineno}, column {e.colno}" if line else f"column {e.colno}"
+    return f"{e.msg} {where}" if e.msg.endswith(" at") else f"{e.msg} at {where}"
+
+
+# ---- input files ------------------------------------------------------------------------------------------------
 def check_file(path: str | Path, what: str = "file", expect: str = "a text file") -> Path:
     """`path` if it is an existing file, or a DataError naming it."""
     path = Path(path)
@@ -67,14 +95,31 @@ def check_file(path: str | Path, what: str = "file", expect: str = "a text file"
     return path
 
 
-def open_text(path: str | Path, what: str = "file", expect: str = "a text file", newlines: bool = False) -> str:
-    """A whole UTF-8 file (`.gz`: gzip) as text, or a DataError naming the file.
+def read_at_most(f, limit: int) -> bytes | None:
+    """At most `limit` bytes of the binary file object `f`, read in blocks; None if it holds more."""
+    chunks, size = [], 0
+    while block := f.read(min(1 << 20, limit + 1 - size)):
+        chunks.append(block)
+        size += len(block)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
+def open_text(path: str | Path, what: str = "file", expect: str = "a text file", newlines: bool = False,
+              limit: int = MAX_DATA_BYTES, limit_flag: str | None = None) -> str:
+    """A whole UTF-8 file (`.gz`: gzip) of at most `limit` bytes (after decompression) as text, or a DataError naming
+    the file (and `limit_flag`, the flag that raises the limit).
 
     As stored by default, so character offsets index the file; `newlines=True` reads \\r\\n and \\r as \\n.
     """
     path = check_file(path, what, expect)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            raw = read_at_most(f, limit)
+        if raw is None:
+            hint = f"; raise {limit_flag} to read it" if limit_flag else ""
+            raise DataError(f"{path}: {what} is larger than the limit of {limit:,} bytes{hint}")
         if newlines:
             return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").read()
         return raw.decode("utf-8")
@@ -82,3 +127,80 @@ def open_text(path: str | Path, what: str = "file", expect: str = "a text file",
         raise DataError(f"{path}: cannot read: {e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# ---- outputs ----------------------------------------------------------------------------------------------------
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two spellings name one file: resolved paths (`..`, symbolic links) or one inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then they are not one file
+        return False
+
+
+def _make_dirs(d: Path, where: str) -> list[Path]:
+    """Make `d` and its missing parents; return the ones made, deepest first (to take back on a refusal)."""
+    missing = [p for p in (d, *d.parents) if not p.exists() and p.name not in ("", ".", "..")]
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocking = next((p for p in (*reversed(d.parents), d) if p.exists() and not p.is_dir()), None)
+        if blocking == d:
+            raise DataError(f"{where}: {'is a file' if where.endswith(str(d)) else f'{d} is a file'}, expected a "
+                            "directory") from None
+        if blocking is not None:
+            raise DataError(f"{where}: {blocking} is a file, not a directory") from None
+        raise DataError(f"{where}: cannot create the directory {d} ({e.strerror or e})") from None
+    return missing
+
+
+def _refuse(made: list[Path], message: str) -> DataError:
+    """The error for a refused output, after removing the directories check_output made for it."""
+    for p in made:
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+    return DataError(message)
+
+
+def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path | None] = (),
+                 directory: bool = False, writes: Iterable[str] = ()) -> Path:
+    """`path`, ready to be written before any work starts, or a DataError naming it (and `name`, its flag).
+
+    Missing parent directories are made (with `directory`, the directory itself); a directory where a file goes, or
+    the reverse, is refused, as is a path spanqa may not write. No file written may be one of `inputs`, however the
+    two are spelled: compared after the directories exist, by resolved path and by inode (`..` segments, symbolic and
+    hard links). `writes` names the files a directory output receives.
+    """
+    path = Path(path)
+    where = f"{name} {path}" if name else str(path)
+    made = _make_dirs(path if directory else path.parent, where)
+    if directory and not path.is_dir():
+        raise _refuse(made, f"{where}: is a file, expected a directory")
+    if not directory and path.is_dir():
+        raise _refuse(made, f"{where}: is a directory, expected a file")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise _refuse(made, f"{where}: not writable (permission denied)")
+    targets = [path, *(path / w for w in writes)] if directory else [path]
+    for inp in (i for i in inputs if i is not None and Path(i).exists()):
+        for t in (t for t in targets if same_file(t, inp)):
+            what = "is the input" if t == path else f"holds the input as {t.name}"
+            shown = "" if str(t) == str(inp) else f" {inp}, spelled another way"
+            raise _refuse(made, f"{where}: {what}{shown}; writing it would overwrite the input: choose another "
+                                f"{name or 'output'}")
+    return path
+
+
+def umask_mode(paths: Iterable[str | Path]) -> None:
+    """Give files (and directories) spanqa wrote the mode the umask gives new ones (0644 and 0755 under umask 022).
+
+    safetensors writes its files 0600, which would hide a model directory from the other users it is shared with.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in paths:
+        p = Path(p)
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
