@@ -23,7 +23,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,11 +51,13 @@ class AnswerFileStats:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------
-Record = tuple[str | int, str, str]  # id, question, context
+Record = tuple  # (id, question, context), or (id, *fields) for other `fields`
+FIELDS = ("question", "context")
 
 
-def _parse(raw: bytes) -> Record | None:
-    """One input line -> (id, question, context); None for a blank line; Invalid names the bad field."""
+def _parse(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
+    """One input line -> (id, question, context) (or the `fields` asked for); None for a blank line; Invalid names
+    the bad field."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -75,7 +77,7 @@ def _parse(raw: bytes) -> Record | None:
         raise Invalid("id", "is missing")
     if isinstance(qid, bool) or not isinstance(qid, str | int):
         raise Invalid("id", f"must be a string or an integer, got {type(qid).__name__}")
-    return qid, check_text(rec.get("question"), "question"), check_text(rec.get("context"), "context")
+    return (qid, *(check_text(rec.get(name), name) for name in fields))
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -87,16 +89,17 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def _records(path: Path, skip_lines: set[int]) -> Iterator[tuple[int, Record]]:
+def _records(path: Path, skip_lines: set[int], fields: tuple[str, ...] = FIELDS) -> Iterator[tuple[int, Record]]:
     """The valid records, in order; `skip_lines` holds the invalid and duplicate ones the scan found."""
     for n, raw in _lines(path):
         if n not in skip_lines:
-            rec = _parse(raw)
+            rec = _parse(raw, fields)
             if rec is not None:
                 yield n, rec
 
 
-def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> tuple[int, set[int]]:
+def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats,
+          fields: tuple[str, ...] = FIELDS) -> tuple[int, set[int]]:
     """Validate every line; return how many questions are left to answer and the lines to skip."""
     seen: set = set()
     skip: set[int] = set()
@@ -111,7 +114,7 @@ def _scan(path: Path, done: set, skip_invalid: bool, stats: AnswerFileStats) -> 
 
     for n, raw in _lines(path):
         try:
-            rec = _parse(raw)
+            rec = _parse(raw, fields)
         except Invalid as e:
             bad(n, e.field_name, e.reason)
             continue
@@ -146,7 +149,7 @@ def recover_output(path: Path) -> tuple[set, bool]:
                 qid = rec["id"]
                 hash(qid)
             except (ValueError, TypeError, KeyError, RecursionError):
-                raise DataError(f"{path}: line {n} is not an answer line written by `spanqa answer --input`; "
+                raise DataError(f"{path}: line {n} is not an answer line written by `spanqa answer/ask --input`; "
                                 "choose another --output (or move this file away)") from None
             done.add(qid)
             good += len(raw)
@@ -181,42 +184,57 @@ def answer_file(
     progress: bool = True,
 ) -> AnswerFileStats:
     """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
+    if batch_size < 1:
+        raise DataError("chunk, batch_size and top_k must be at least 1")
+
+    def answer(records: list[Record]) -> list:
+        return reader.predict([r[1] for r in records], [r[2] for r in records], top_k=top_k, batch_size=batch_size)
+
+    return stream_file(answer, input_path, output_path, FIELDS, top_k, chunk, skip_invalid, progress)
+
+
+def stream_file(
+    answer: Callable[[list[Record]], list],
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    fields: tuple[str, ...] = FIELDS,
+    top_k: int = 1,
+    chunk: int = 512,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> AnswerFileStats:
+    """The streaming, resumable loop of `answer --input` and `ask --input`: `answer` turns a chunk of records
+    (id, *fields) into results with `to_dict(top_k)`, written one JSON line each, in input order."""
     inp, outp = Path(input_path), Path(output_path)
-    if chunk < 1 or batch_size < 1 or top_k < 1:
+    if chunk < 1 or top_k < 1:
         raise DataError("chunk, batch_size and top_k must be at least 1")
     if outp.exists() and inp.exists() and outp.resolve() == inp.resolve():
         raise DataError(f"{outp}: the output would overwrite the input; choose another --output")
     t0 = time.perf_counter()
     stats = AnswerFileStats()
     done, stats.recovered_partial_line = recover_output(outp)
-    todo, skip = _scan(inp, done, skip_invalid, stats)
+    todo, skip = _scan(inp, done, skip_invalid, stats, fields)
 
     from tqdm.auto import tqdm
 
     outp.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=todo, unit="q", desc="answer", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     with open(outp, "a", encoding="utf-8") as out:
-        ids: list = []
-        questions: list[str] = []
-        contexts: list[str] = []
+        records: list[Record] = []
 
         def flush() -> None:
-            preds = reader.predict(questions, contexts, top_k=top_k, batch_size=batch_size)
-            _write_chunk(out, ids, preds, top_k)
-            stats.answered += len(ids)
-            bar.update(len(ids))
-            for buf in (ids, questions, contexts):
-                buf.clear()
+            _write_chunk(out, [r[0] for r in records], answer(records), top_k)
+            stats.answered += len(records)
+            bar.update(len(records))
+            records.clear()
 
-        for _, (qid, question, context) in _records(inp, skip):
-            if qid in done:
+        for _, rec in _records(inp, skip, fields):
+            if rec[0] in done:
                 continue
-            ids.append(qid)
-            questions.append(question)
-            contexts.append(context)
-            if len(ids) == chunk:
+            records.append(rec)
+            if len(records) == chunk:
                 flush()
-        if ids:
+        if records:
             flush()
     bar.close()
     stats.seconds = time.perf_counter() - t0
