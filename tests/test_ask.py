@@ -47,7 +47,7 @@ def test_every_answer_is_an_exact_slice_of_its_document(index):
     for result in index.ask_many(QUESTIONS + ["Which way does river 3 flow?"], passages=6, top_k=10):
         assert result.answers and not result.no_answer and len(result.passages) <= 6
         scores = [a.score for a in result.answers]
-        assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+        assert scores == sorted(scores, reverse=True) and all(0 < a.reader_score <= 1 for a in result.answers)
         for a in result.answers:
             text = index.document_text(a.doc)
             assert text[a.start : a.end] == a.text
@@ -84,13 +84,20 @@ def test_an_answer_in_two_documents_lists_the_other_as_also_in(tmp_path, tiny_re
         assert [(x["document"], x["start"], x["end"]) for x in a.also_in][0] == (str(root / "b.txt"), a.start, a.end)
 
 
-def test_the_score_is_the_readers_own_comparable_across_passages(index, tiny_reader):
-    """Each answer's score is what the reader says reading its passage alone: P_begin * P_end of that window."""
-    result = index.ask(QUESTIONS[0], passages=5, top_k=5)
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_the_score_is_the_spans_log_odds_against_null_plus_weighted_bm25(index, tiny_reader, weight):
+    """Each answer's scores are what the reader says reading its passage alone: P_begin * P_end of that window, and
+    its log-odds against the window's [CLS] plus the weighted BM25 score of the passage."""
+    index.bm25_weight = weight
+    q = "Which way does the river flow?"
+    result = index.ask(q, passages=5, top_k=20)
+    assert len({a.passage.index for a in result.answers}) > 1  # answers from several passages, one ranking
     for a in result.answers:
-        alone = tiny_reader.answer(QUESTIONS[0], a.passage.text, top_k=20)
+        alone = tiny_reader.answer(q, a.passage.text, top_k=30)
         same = [c for c in alone.answers if (c.start, c.end) == (a.start - a.passage.start, a.end - a.passage.start)]
-        assert same and math.isclose(same[0].score, a.score, rel_tol=1e-5)
+        assert same and math.isclose(same[0].score, a.reader_score, rel_tol=1e-5)
+        want = math.log(same[0].score) - alone.null_log_score + weight * a.bm25
+        assert math.isclose(a.score, want, rel_tol=1e-4, abs_tol=1e-4)
 
 
 def test_questions_share_batches_and_match_one_by_one(index, tiny_reader, monkeypatch):

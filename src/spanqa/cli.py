@@ -250,7 +250,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.question is not None and not args.question.strip():
         raise SpanqaError("--question is empty")
     index = Index.load(args.index)  # checked before the model loads and before any output is written
-    index.reader = _reader(args)
+    index.reader, index.bm25_weight = _reader(args), cfg.bm25_weight
     if args.question is not None:
         result = index.ask(args.question, passages=cfg.passages, top_k=cfg.top_k)
         if args.json:
