@@ -234,6 +234,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _print_ask(result, top_k: int) -> None:
     if result.no_answer or not result.answers:
         print("(no answer)")
+        return
     for a in result.answers[:top_k]:
         where = f"{a.source}" + (f" page {a.page}" if a.page else "") + f" [{a.start}:{a.end}]"
         print(f"{a.text}\t{a.score:.4f}\t{a.document}\t{where}")

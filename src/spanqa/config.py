@@ -229,7 +229,7 @@ class AskConfig:
 
     passages: int = opt(10, "passages retrieved (BM25) and read per question")
     top_k: int = opt(1, "answers per question, best first, each text once")
-    bm25_weight: float = opt(0.5, "weight of the passage's BM25 score in an answer's score (see spanqa.ask)")
+    bm25_weight: float = opt(1.0, "weight of the passage's BM25 score in an answer's score (see spanqa.ask)")
     batch_size: int = opt(32, "windows per forward pass")
     chunk: int = opt(64, "with --input: questions read and written at a time")
     skip_invalid: bool = opt(False, "with --input: count and skip bad lines")
