@@ -16,7 +16,8 @@ passage) and the questions are dev-v1.1's (a seeded sample of --limit of them). 
     benchmarks/out/, made on first use) with InMemoryBM25Retriever + ExtractiveReader on the same passages and
     questions, reading with the linear-head twin of the default model exported to HF format (built on first use,
     as benchmarks/speed.py does); a Haystack pipeline answers one question per run, so its questions/s and its
-    latency come from the same one-at-a-time loop. Ratios compare numbers from this same run.
+    latency come from the same one-at-a-time loop. spanqa then runs again on those same weights ("spanqa (linear
+    twin)"), so that the difference in EM is the pipeline's, not the heads'. Ratios compare numbers from this run.
 Writes benchmarks/out/open_squad.json with the settings, versions, CPU and load average.
 """
 
@@ -46,7 +47,7 @@ from spanqa.reader import Reader  # noqa: E402
 CORPORA = {"dev": [DEV_V11], "all": [TRAIN_V11, DEV_V11]}
 RECALL_AT = (1, 5, 10, 20)
 HAYSTACK_VENV = OUT / "venv-haystack"
-HAYSTACK_PINS = ["torch==2.13.0", "haystack-ai<3", "transformers==4.57.6"]
+HAYSTACK_PINS = ["torch==2.13.0", "haystack-ai<3", "transformers==4.57.6", "accelerate"]  # ExtractiveReader needs it
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
@@ -150,11 +151,14 @@ def run_step(cmd: list[str], env: dict | None = None) -> None:
 
 
 def haystack_python() -> Path:
-    python = HAYSTACK_VENV / "bin" / "python"
+    """The Haystack venv's python; the venv is made, or brought up to HAYSTACK_PINS, when it does not match."""
+    python, marker = HAYSTACK_VENV / "bin" / "python", HAYSTACK_VENV / "spanqa-pins.txt"
     if not python.exists():
-        print(f"making the Haystack venv ({', '.join(HAYSTACK_PINS)}) in {HAYSTACK_VENV}", flush=True)
         run_step(["python3", "-m", "venv", str(HAYSTACK_VENV)])
+    if not marker.exists() or marker.read_text() != " ".join(HAYSTACK_PINS):
+        print(f"installing {', '.join(HAYSTACK_PINS)} in {HAYSTACK_VENV}", flush=True)
         run_step([str(HAYSTACK_VENV / "bin" / "pip"), "install", "-q", *HAYSTACK_PINS])
+        marker.write_text(" ".join(HAYSTACK_PINS))
     return python
 
 
@@ -199,20 +203,21 @@ def _cell(v: float | None) -> str:
 
 
 def print_table(report: dict) -> None:
-    print(f"{'corpus':7s} {'K':>3s} {'system':9s} {'EM':>6s} {'F1':>6s} {'q/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} "
+    print(f"{'corpus':7s} {'K':>3s} {'system':20s} {'EM':>6s} {'F1':>6s} {'q/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} "
           f"{'R@K para':>8s} {'R@K ans':>8s} {'dEM':>6s} {'x q/s':>6s}")
     for name, c in report["corpora"].items():
-        for k, ours in c["spanqa"].items():
+        for k in c["spanqa"]:
             hay = c.get("haystack", {}).get("runs", {}).get(k)
-            rows = [("spanqa", ours, c["retrieval"]["gold_paragraph"].get(k), c["retrieval"]["gold_answer"].get(k))]
+            recall = (c["retrieval"]["gold_paragraph"].get(k), c["retrieval"]["gold_answer"].get(k))
+            rows = [(system, c[system][k], *recall) for system in ("spanqa", "spanqa (linear twin)") if system in c]
             if hay:
                 rows.append(("haystack", hay, hay["recall_gold_paragraph"], None))
             for system, r, rp, ra in rows:
                 ratio = ""
-                if hay and system == "spanqa":
-                    speedup = ours["questions_per_second"] / hay["questions_per_second"]
-                    ratio = f"{ours['em'] - hay['em']:+6.1f} {speedup:6.2f}"
-                print(f"{name:7s} {k:3d} {system:9s} {r['em']:6.1f} {r['f1']:6.1f} {r['questions_per_second']:7.2f} "
+                if hay and system != "haystack":
+                    speedup = r["questions_per_second"] / hay["questions_per_second"]
+                    ratio = f"{r['em'] - hay['em']:+6.1f} {speedup:6.2f}"
+                print(f"{name:7s} {k:3d} {system:20s} {r['em']:6.1f} {r['f1']:6.1f} {r['questions_per_second']:7.2f} "
                       f"{_cell(r['latency_p50_ms'])} {_cell(r['latency_p95_ms'])} {_cell(rp)} {_cell(ra)} {ratio}")
         print(f"{name}: {c['index']['documents']} documents, {c['index']['passages']} passages; index built in "
               f"{c['index']['build_seconds']:.1f} s; the loaded index adds {c['index']['loaded_rss_mb']:.0f} MB RSS")
@@ -262,6 +267,10 @@ def main() -> None:
         c["spanqa"] = run_ours(index, questions, ks, args.latency_questions)
         if args.anchor == "haystack":
             c["haystack"] = run_haystack(args, index, questions, ks, env)
+            print(f"corpus {name}: spanqa again, on Haystack's weights (the linear-head twin)", flush=True)
+            index.reader = Reader.load(linear_twin_hf(env), device="cpu", engine=args.engine)
+            c["spanqa (linear twin)"] = run_ours(index, questions, ks, args.latency_questions)
+            index.reader = reader
     report["load_average_end"] = os.getloadavg()
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(report)

@@ -450,7 +450,9 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
 
 class AskAnswer(BaseModel):
     text: str
-    score: float = Field(description="P_begin * P_end in the passage's window: comparable across passages")
+    score: float = Field(description="what answers are ranked by: the span's log-odds against its window's [CLS] "
+                                     "plus the weighted BM25 score of its passage (spanqa.ask)")
+    reader_score: float = Field(description="P_begin * P_end in the passage's window")
     document: str = Field(description="the document's id")
     source: str = Field(description="the file the document came from")
     start: int = Field(description="character offset into the document's text: text == document[start:end]")
