@@ -15,7 +15,8 @@ of *every* passage, so ranking by it alone gets worse the more passages are read
 the span's log-odds against the window's [CLS] (the softmax's normaliser cancels: what is left is how much the
 reader prefers the span to "not here" in that passage) plus the passage's retrieval score (`rank_score`). Chosen on
 350 SQuAD *training* questions (a seeded sample; the dev questions stay the benchmark's test set) over the 20,963
-train + dev paragraphs, the shipped model reading the top 20 passages of each, EM at K = 1 / 5 / 10 / 20:
+train + dev paragraphs, the shipped model reading the top 20 passages of each, EM at K = 1 / 5 / 10 / 20
+(`python benchmarks/rank_score.py --questions 350`):
 
     P_begin·P_end alone                59.1 / 44.0 / 33.7 / 28.3    (more passages, worse answers)
     log-odds against [CLS]             59.1 / 64.3 / 60.9 / 56.6
