@@ -541,7 +541,10 @@ def test_row14_a_bench_extra_installs_what_every_benchmark_imports():
     dists = packages_distributions()
     local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"spanqa"}
     needed: dict[str, str] = {}
+    own_venv = {"haystack_worker.py"}  # runs in the venv open_squad.py makes for it (haystack-ai<3)
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        if path.name in own_venv:
+            continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \

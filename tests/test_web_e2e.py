@@ -1,6 +1,7 @@
-"""End to end: `spanqa serve` with the shipped model, the page in headless Chromium, a question typed, the answer and
-the begin/end chart on screen. Uses Debian's chromium (apt-get install chromium); no browser is downloaded.
-The screenshot goes to benchmarks/out/web-e2e.png (git-ignored)."""
+"""End to end: `spanqa serve` with the shipped model and a small collection, the page in headless Chromium, a question
+typed, the answer and the begin/end chart on screen; in collection mode, the answer with its source and passage.
+Uses Debian's chromium (apt-get install chromium); no browser is downloaded. The screenshots go to
+benchmarks/out/web-e2e*.png (git-ignored)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+COLLECTION = {
+    "austen.txt": "Pride and Prejudice is an 1813 novel of manners written by Jane Austen. The novel follows the "
+                  "character development of Elizabeth Bennet.",
+    "paris.md": "# Paris\n\nThe Eiffel Tower is in Paris. It was finished in 1889 for the World's Fair.",
+    "everest.txt": "Mount Everest, at 8,849 metres, is the highest mountain above sea level.",
+}
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     pytest.importorskip("fastapi")
+    from spanqa.collection import Collection
+
+    docs = tmp_path_factory.mktemp("docs")
+    for name, text in COLLECTION.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    index = docs.parent / f"{docs.name}-index"
+    Collection.build([docs], index)
     port = _free_port()
-    cmd = [sys.executable, "-m", "spanqa", "serve", "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "spanqa", "serve", "--port", str(port), "--device", "cpu", "--log-level", "warning",
+           "--index", str(index)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,6 +114,38 @@ def test_page_answers_and_draws_the_chart(browser, server):
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOT), full_page=True)
     assert SHOT.stat().st_size > 10_000
+    assert errors == []
+
+
+def test_collection_mode_shows_the_source_the_passage_and_its_chart(browser, server):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.check("[data-testid=mode-collection]")
+    assert page.locator("[data-testid=context]").is_hidden() and page.locator("[data-testid=passages]").is_visible()
+    page.fill("[data-testid=question]", "When was the Eiffel Tower finished?")
+    page.fill("[data-testid=passages]", "3")
+    page.click("[data-testid=ask]")
+    source = page.locator("[data-testid=source]")
+    source.wait_for(state="visible", timeout=60_000)
+    assert page.locator("[data-testid=answer]").inner_text() == "1889"
+    assert "paris.md" in source.inner_text() and "from " in source.inner_text()
+    passage = page.locator("[data-testid=highlighted-context]").inner_text()
+    assert passage in COLLECTION["paris.md"] and "Eiffel Tower" in passage
+    assert page.locator("[data-testid=highlighted-context] mark").inner_text() == "1889"
+    chart = page.locator("[data-testid=begin-end-chart]")
+    n_labels = chart.locator("svg > text[transform]").count()
+    assert n_labels > 10 and chart.locator("rect[data-role=begin]").count() == n_labels
+    assert chart.locator("rect[data-role=span]").count() == 1
+    items = page.locator("[data-testid=nbest] li")
+    assert items.count() == 5
+    items.nth(1).click()  # another answer: its own passage and source
+    mark = page.locator("[data-testid=highlighted-context] mark").inner_text()
+    assert items.nth(1).get_attribute("class") == "selected" and items.nth(1).inner_text().startswith(mark)
+    page.check("[data-testid=mode-context]")  # back: the context box is there again
+    assert page.locator("[data-testid=context]").is_visible()
+    page.screenshot(path=str(SHOT.with_name("web-e2e-collection.png")), full_page=True)
     assert errors == []
 
 

@@ -3,7 +3,7 @@
 from spanqa.errors import ConfigError, DataError, ModelError, SpanqaError
 
 __version__ = "0.1.0"
-__all__ = ["Reader", "SpanqaError", "DataError", "ConfigError", "ModelError", "__version__"]
+__all__ = ["Reader", "Index", "SpanqaError", "DataError", "ConfigError", "ModelError", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from spanqa.reader import Reader
 
         return Reader
+    if name == "Index":
+        from spanqa.ask import Index
+
+        return Index
     raise AttributeError(name)

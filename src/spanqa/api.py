@@ -1,6 +1,8 @@
 """The HTTP API and the web page over one Reader (run by `spanqa serve`, see spanqa.serving).
 
     POST /v1/answer   {"question", "context", "top_k"?, "return_probabilities"?}, or a list of them
+    POST /v1/ask      {"question", "passages"?, "top_k"?, "return_probabilities"?}, or a list of them: answers from
+                      the collection of `spanqa serve --index DIR` (spanqa.ask), with their sources
     GET  /healthz     status, model, queue and batching counters
     GET  /            the web page (question, context, answer, n-best, the begin/end chart)
     GET  /docs        OpenAPI docs (served offline), /openapi.json the schema
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from spanqa.config import ServeConfig
+from spanqa.config import AskConfig, ServeConfig
 from spanqa.errors import SpanqaError
 from spanqa.validation import Invalid, check_text, json_error
 
@@ -54,6 +56,18 @@ class AnswerRequest(BaseModel):
                          examples=["Pride and Prejudice is an 1813 novel of manners written by Jane Austen."])
     top_k: int = Field(1, description="how many answers to return (the n-best list)")
     return_probabilities: bool = Field(False, description="also return P_begin and P_end for every context token")
+
+
+class AskRequest(BaseModel):
+    """One question to the server's collection."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: str = Field(description="the question", examples=["Who wrote Pride and Prejudice?"])
+    passages: int | None = Field(None, description="how many passages to retrieve (BM25) and read (default: 10, or "
+                                                   "the server's max_passages if lower)")
+    top_k: int = Field(1, description="how many answers to return, best first, each text once")
+    return_probabilities: bool = Field(False, description="with each answer, P_begin and P_end for every token of "
+                                                          "its passage")
 
 
 class Answer(BaseModel):
@@ -123,7 +137,7 @@ def _check_text(where: str, name: str, value: str, limit: int) -> None:
         raise ApiError(422, code, f"{where}{e}") from None
 
 
-def validate_payload(payload, cfg: ServeConfig) -> tuple[list[AnswerRequest], bool]:
+def validate_payload(payload, cfg: ServeConfig, model: type[BaseModel] = AnswerRequest) -> tuple[list, bool]:
     """Checked items and whether the body was a single object (answered with an object, not a list)."""
     single = isinstance(payload, dict)
     if single:
@@ -144,13 +158,19 @@ def validate_payload(payload, cfg: ServeConfig) -> tuple[list[AnswerRequest], bo
         if not isinstance(raw, dict):
             raise ApiError(422, "invalid_body", f"item {i} must be a JSON object, got {type(raw).__name__}")
         try:
-            item = AnswerRequest.model_validate(raw)
+            item = model.model_validate(raw)
         except ValidationError as e:
             err = e.errors()[0]
             field_name = ".".join(str(p) for p in err["loc"]) or "body"
             raise ApiError(422, "invalid_field", f"{where}{field_name}: {err['msg']}") from None
         _check_text(where, "question", item.question, cfg.max_question_chars)
-        _check_text(where, "context", item.context, cfg.max_context_chars)
+        if isinstance(item, AskRequest) and item.passages is None:
+            item.passages = min(AskConfig().passages, cfg.max_passages)
+        if isinstance(item, AskRequest) and not 1 <= item.passages <= cfg.max_passages:
+            raise ApiError(422, "invalid_field",
+                           f"{where}passages must be between 1 and {cfg.max_passages}, got {item.passages}")
+        if isinstance(item, AnswerRequest):
+            _check_text(where, "context", item.context, cfg.max_context_chars)
         if not 1 <= item.top_k <= cfg.max_top_k:
             raise ApiError(422, "invalid_field",
                            f"{where}top_k must be between 1 and {cfg.max_top_k}, got {item.top_k}")
@@ -282,6 +302,22 @@ class MicroBatcher:
         return out
 
 
+class AskBatcher(MicroBatcher):
+    """Micro-batches /v1/ask requests into one `Index.ask_many` call, on the answer batcher's thread (so the two
+    never run the network at the same time)."""
+
+    def __init__(self, index, reader, cfg: ServeConfig, executor: ThreadPoolExecutor):
+        super().__init__(reader, cfg)
+        self._executor.shutdown()
+        self.index, self._executor = index, executor
+
+    def _answer(self, items: list[AskRequest]) -> list[dict]:
+        results = self.index.ask_many([it.question for it in items], [it.passages for it in items],
+                                      [it.top_k for it in items], [it.return_probabilities for it in items],
+                                      batch_size=self.cfg.predict_batch_size)
+        return [r.to_dict(it.top_k) for r, it in zip(results, items, strict=True)]
+
+
 # ---- API key -----------------------------------------------------------------------------------------------------
 class ApiKeyMiddleware:
     """Refuse (401) every HTTP request without the key, except the static shells in PUBLIC_PATHS.
@@ -346,12 +382,14 @@ def _add_error_handlers(app) -> None:
         return JSONResponse(error_body("internal", f"internal error ({type(exc).__name__})"), status_code=500)
 
 
-def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", engine: str = "torch"):
-    """The FastAPI app over `reader` (already loaded). Run it with uvicorn, or test it with TestClient."""
+def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", engine: str = "torch", index=None):
+    """The FastAPI app over `reader` (already loaded), and over `index` (a spanqa.ask.Index) for /v1/ask. Run it
+    with uvicorn, or test it with TestClient."""
     cfg = cfg or ServeConfig()
     from spanqa import __version__
 
     batcher = MicroBatcher(reader, cfg)
+    asker = AskBatcher(index, reader, cfg, batcher._executor) if index is not None else None
     started = time.time()
     page = _web_file("index.html")
     assets = {name: _web_file(name) for name in WEB_FILES}
@@ -361,6 +399,8 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
         batcher.start()
         yield
         await batcher.stop()
+        if asker is not None:
+            await asker.stop()
 
     app = FastAPIOffline(title="spanqa", version=__version__, lifespan=lifespan,
                          description="Extractive question answering: a BERT-style encoder with begin and end heads.")
@@ -387,6 +427,8 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
         results = await batcher.submit(items)
         return JSONResponse(results[0] if single else results)
 
+    _add_ask_route(app, asker, cfg)
+
     @app.get("/healthz")
     async def healthz():
         """Liveness and counters: requests, items, forward batches (items/batches = how well batching works)."""
@@ -394,7 +436,9 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
                 "device": str(reader.device), "uptime_s": round(time.time() - started, 1),
                 "queue_items": batcher.pending, "stats": asdict(batcher.stats),
                 "limits": {k: v for k, v in asdict(cfg).items() if k != "api_key"},
-                "api_key_required": cfg.api_key is not None}
+                "api_key_required": cfg.api_key is not None,
+                "index": None if asker is None else {"path": str(asker.index.path), "passages": len(asker.index),
+                                                     "documents": len(asker.index.documents)}}
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -409,6 +453,52 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
     if cfg.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(cfg.api_key))
     return app
+
+
+class AskAnswer(BaseModel):
+    text: str
+    score: float = Field(description="what answers are ranked by: the span's log-odds against its window's [CLS] "
+                                     "plus the weighted BM25 score of its passage (spanqa.ask)")
+    reader_score: float = Field(description="P_begin * P_end in the passage's window")
+    document: str = Field(description="the document's id")
+    source: str = Field(description="the file the document came from")
+    start: int = Field(description="character offset into the document's text: text == document[start:end]")
+    end: int
+    title: str
+    page: int | None = Field(description="the PDF page")
+    passage: dict = Field(description="the passage read: index, start, end (offsets into the document), text, bm25")
+    also_in: list[dict] = Field(description="other places where the same answer was found")
+    probabilities: dict | None = Field(None, description="only with return_probabilities: the passage's tokens")
+
+
+class AskResponse(BaseModel):
+    answers: list[AskAnswer]
+    no_answer: bool
+    passages_read: int
+
+
+def _add_ask_route(app, asker: AskBatcher | None, cfg: ServeConfig) -> None:
+    item_schema = AskRequest.model_json_schema()
+    body_schema = {"oneOf": [item_schema, {"type": "array", "items": item_schema, "minItems": 1,
+                                           "maxItems": cfg.max_batch}]}
+    request_body = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+
+    @app.post("/v1/ask", response_model=AskResponse | list[AskResponse], openapi_extra={"requestBody": request_body},
+              responses={400: {"description": "malformed JSON"}, 401: {"description": "missing or wrong API key"},
+                         404: {"description": "the server has no collection (start it with --index)"},
+                         413: {"description": "body too large"}, 415: {"description": "not application/json"},
+                         422: {"description": "invalid field, over a limit"}, 503: {"description": "busy"}})
+    async def ask(request: Request):
+        """Answer from the server's collection: one question (object in, object out) or several (list in, list
+        out), in `spanqa ask --json`'s form."""
+        if asker is None:
+            raise ApiError(404, "no_index", "this server has no collection; start it with `spanqa serve --index DIR`")
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        items, single = validate_payload(parse_json(await read_body(request, cfg.max_body_bytes)), cfg, AskRequest)
+        results = await asker.submit(items)
+        return JSONResponse(results[0] if single else results)
 
 
 _PAGE_HEADERS = {

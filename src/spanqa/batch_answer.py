@@ -1,6 +1,7 @@
 """Answer a large JSONL file of questions: streaming, bounded memory, resumable.
 
     spanqa answer --input questions.jsonl --output answers.jsonl
+    spanqa ask --index DIR --input questions.jsonl --output answers.jsonl     (the same loop: `stream_file`)
 
 Input lines are `{"id", "question", "context"}` (the Hugging Face layout works too: other fields such as
 "answers" or "title" are ignored); `.gz` is read as gzip. Output lines are `{"id", "answers": [...],
@@ -31,7 +32,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,18 +61,19 @@ class AnswerFileStats:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------
-Record = tuple[str | int, str, str]  # id, question, context
+Record = tuple  # (id, *fields): (id, question, context) for `answer`, (id, question) for `ask`
+FIELDS = ("question", "context")
 
 
-def fingerprint(question: str, context: str) -> str:
+def fingerprint(*texts: str) -> str:
     """What an answer was computed from: a resumed run answers an id again only if this still matches."""
     h = hashlib.blake2b(digest_size=10)
-    h.update(f"{len(question)}:{question}{context}".encode())
+    h.update(("".join(f"{len(t)}:{t}" for t in texts[:-1]) + texts[-1]).encode())
     return h.hexdigest()
 
 
-def _parse(raw: bytes) -> Record | None:
-    """One input line -> (id, question, context); None for a blank line; Invalid names the bad field."""
+def _parse(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
+    """One input line -> (id, *fields); None for a blank line; Invalid names the bad field."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -91,7 +93,7 @@ def _parse(raw: bytes) -> Record | None:
         raise Invalid("id", "is missing")
     if isinstance(qid, bool) or not isinstance(qid, str | int):
         raise Invalid("id", f"must be a string or an integer, got {type(qid).__name__}")
-    return qid, check_text(rec.get("question"), "question"), check_text(rec.get("context"), "context")
+    return (qid, *(check_text(rec.get(f), f) for f in fields))
 
 
 def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
@@ -110,17 +112,17 @@ def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def _records(path: Path, skip_lines: set[int], limit: int) -> Iterator[tuple[int, Record]]:
+def _records(path: Path, skip_lines: set[int], limit: int, fields: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
     """The valid records, in order; `skip_lines` holds the invalid and duplicate ones the scan found."""
     for n, raw in _lines(path, limit):
         if n not in skip_lines:
-            rec = _parse(raw)
+            rec = _parse(raw, fields)
             if rec is not None:
                 yield n, rec
 
 
 def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, limit: int,
-          output: Path) -> tuple[int, set[int]]:
+          output: Path, fields: tuple[str, ...]) -> tuple[int, set[int]]:
     """Validate every line; return how many questions are left to answer and the lines to skip."""
     seen: set = set()
     skip: set[int] = set()
@@ -135,7 +137,7 @@ def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, li
 
     for n, raw in _lines(path, limit):
         try:
-            rec = _parse(raw)
+            rec = _parse(raw, fields)
         except Invalid as e:
             bad(n, e.field_name, e.reason)
             continue
@@ -148,7 +150,7 @@ def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, li
         seen.add(qid)
         if qid not in done:
             todo += 1
-        elif done[qid] == fingerprint(rec[1], rec[2]):
+        elif done[qid] == fingerprint(*rec[1:]):
             stats.already_done += 1
         else:
             raise DataError(f"{path}: line {n}: id {qid!r} was answered in {output} for another question or "
@@ -204,9 +206,14 @@ def _read_log(path: Path, output: Path) -> dict:
     return prints
 
 
+ANSWER_KEYS = {"id", "answers", "no_answer"}
+OPTIONAL_KEYS = {"p_no_answer", "passages_read"}  # a calibrated model's; `ask`'s
+
+
 def _is_answer_line(rec) -> bool:
-    return (isinstance(rec, dict) and set(rec) == {"id", "answers", "no_answer"} and isinstance(rec["answers"], list)
-            and isinstance(rec["no_answer"], bool) and isinstance(rec["id"], str | int))
+    return (isinstance(rec, dict) and ANSWER_KEYS <= set(rec) <= ANSWER_KEYS | OPTIONAL_KEYS
+            and isinstance(rec["answers"], list) and isinstance(rec["no_answer"], bool)
+            and isinstance(rec["id"], str | int))
 
 
 def recover_output(path: Path) -> tuple[dict, bool]:
@@ -263,25 +270,26 @@ class Plan:
     max_line_bytes: int
     stats: AnswerFileStats
     started: float
+    fields: tuple[str, ...] = FIELDS
 
 
 def plan(input_path: str | os.PathLike, output_path: str | os.PathLike, skip_invalid: bool = False,
-         max_line_bytes: int = MAX_CONTEXT_BYTES) -> Plan:
+         max_line_bytes: int = MAX_CONTEXT_BYTES, fields: tuple[str, ...] = FIELDS) -> Plan:
     """Everything before the first answer, and before a model loads: the paths checked, the output recovered (and
     refused if it is not spanqa's answers to these questions), every input line validated."""
     started = time.perf_counter()
     inp, outp, logp = check_paths(input_path, output_path)
     stats = AnswerFileStats()
     done, stats.recovered_partial_line = recover_output(outp)
-    todo, skip = _scan(inp, done, skip_invalid, stats, max_line_bytes, outp)
-    return Plan(inp, outp, logp, done, skip, todo, max_line_bytes, stats, started)
+    todo, skip = _scan(inp, done, skip_invalid, stats, max_line_bytes, outp, fields)
+    return Plan(inp, outp, logp, done, skip, todo, max_line_bytes, stats, started, fields)
 
 
-def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
-        progress: bool = True) -> AnswerFileStats:
-    """Answer what `p` left to do, `chunk` questions at a time, each chunk's fingerprints and answers on disk before
-    the next."""
-    if chunk < 1 or batch_size < 1 or top_k < 1:
+def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, chunk: int = 512,
+             progress: bool = True) -> AnswerFileStats:
+    """Answer what `p` left to do, `chunk` records at a time (`answer` turns records into results with
+    `to_dict(top_k)`), each chunk's fingerprints and answers on disk before the next."""
+    if chunk < 1 or top_k < 1:
         raise DataError("chunk, batch_size and top_k must be at least 1")
     from tqdm.auto import tqdm
 
@@ -290,32 +298,47 @@ def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: i
     with open(p.output, "a", encoding="utf-8") as out, open(p.log, "a", encoding="utf-8") as log:
         if log.tell() == 0:
             _append(log, [json.dumps(LOG_HEADER) + "\n"])
-        ids: list = []
-        questions: list[str] = []
-        contexts: list[str] = []
+        records: list[Record] = []
 
         def flush() -> None:
-            preds = reader.predict(questions, contexts, top_k=top_k, batch_size=batch_size)
-            _write_chunk(out, log, ids, [fingerprint(q, c) for q, c in zip(questions, contexts, strict=True)],
-                         preds, top_k)
-            stats.answered += len(ids)
-            bar.update(len(ids))
-            for buf in (ids, questions, contexts):
-                buf.clear()
+            _write_chunk(out, log, [r[0] for r in records], [fingerprint(*r[1:]) for r in records], answer(records),
+                         top_k)
+            stats.answered += len(records)
+            bar.update(len(records))
+            records.clear()
 
-        for _, (qid, question, context) in _records(p.input, p.skip, p.max_line_bytes):
-            if qid in p.done:
+        for _, rec in _records(p.input, p.skip, p.max_line_bytes, p.fields):
+            if rec[0] in p.done:
                 continue
-            ids.append(qid)
-            questions.append(question)
-            contexts.append(context)
-            if len(ids) == chunk:
+            records.append(rec)
+            if len(records) == chunk:
                 flush()
-        if ids:
+        if records:
             flush()
     bar.close()
     stats.seconds = time.perf_counter() - p.started
     return stats
+
+
+def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
+        progress: bool = True) -> AnswerFileStats:
+    """`run_plan` with the reader answering (question, context) records."""
+    if batch_size < 1:
+        raise DataError("chunk, batch_size and top_k must be at least 1")
+
+    def answer(records: list[Record]) -> list:
+        return reader.predict([r[1] for r in records], [r[2] for r in records], top_k=top_k, batch_size=batch_size)
+
+    return run_plan(answer, p, top_k, chunk, progress)
+
+
+def stream_file(answer: Callable[[list[Record]], list], input_path: str | os.PathLike,
+                output_path: str | os.PathLike, fields: tuple[str, ...] = FIELDS, top_k: int = 1, chunk: int = 512,
+                skip_invalid: bool = False, progress: bool = True,
+                max_line_bytes: int = MAX_CONTEXT_BYTES) -> AnswerFileStats:
+    """The streaming, resumable loop over any JSONL of (id, *fields) records (used by `ask --input`)."""
+    return run_plan(answer, plan(input_path, output_path, skip_invalid, max_line_bytes, fields), top_k, chunk,
+                    progress)
 
 
 def answer_file(reader: Reader, input_path: str | os.PathLike, output_path: str | os.PathLike, top_k: int = 1,

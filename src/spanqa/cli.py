@@ -1,4 +1,4 @@
-"""Command line: `spanqa answer | train | evaluate | serve | explain | export` (also `python -m spanqa ...`).
+"""Command line: `spanqa answer | train | evaluate | serve | explain | export | index | ask` (also `python -m spanqa`).
 
 Flags, defaults and help come from the dataclasses in spanqa.config (`add_flags`), and so do the value checks
 (`build`), so the CLI and the Python API accept the same settings. User errors print one line,
@@ -18,8 +18,10 @@ from pathlib import Path
 from spanqa.config import (
     API_KEY_ENV,
     AnswerConfig,
+    AskConfig,
     ContextLimits,
     EvaluateConfig,
+    IndexConfig,
     NegativesConfig,
     RunConfig,
     ServerSettings,
@@ -288,6 +290,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- index and ask a collection ---------------------------------------------------------------------------------
+def cmd_index(args: argparse.Namespace) -> int:
+    from spanqa.collection import Collection
+
+    index = Collection.build(args.sources, args.out, build(IndexConfig, args))
+    print(index.last_build.summary(args.out))
+    return 0
+
+
+def _print_ask(result, top_k: int) -> None:
+    if result.no_answer or not result.answers:
+        print("(no answer)")
+        return
+    for a in result.answers[:top_k]:
+        where = f"{a.source}" + (f" page {a.page}" if a.page else "") + f" [{a.start}:{a.end}]"
+        print(f"{a.text}\t{a.score:.4f}\t{a.document}\t{where}")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from spanqa.ask import Index
+
+    cfg = build(AskConfig, args)
+    if (args.input is None) != (args.output is None):
+        raise SpanqaError("--input and --output go together")
+    if (args.question is None) == (args.input is None):
+        raise SpanqaError("give --question, or --input FILE --output FILE")
+    if args.question is not None and not args.question.strip():
+        raise SpanqaError("--question is empty")
+    index = Index.load(args.index)  # checked before the model loads and before any output is written
+    index.reader, index.bm25_weight = _reader(args), cfg.bm25_weight
+    if args.question is not None:
+        result = index.ask(args.question, passages=cfg.passages, top_k=cfg.top_k)
+        if args.json:
+            print(json.dumps(result.to_dict(cfg.top_k), ensure_ascii=False))
+        else:
+            _print_ask(result, cfg.top_k)
+        return 0
+    stats = index.ask_file(args.input, args.output, passages=cfg.passages, top_k=cfg.top_k, chunk=cfg.chunk,
+                           batch_size=cfg.batch_size, skip_invalid=cfg.skip_invalid, progress=cfg.progress)
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+    else:
+        print(f"spanqa: answered {stats.answered} question(s) in {stats.seconds:.1f}s; {stats.already_done} already "
+              f"in {args.output}, {sum(stats.invalid.values())} invalid line(s) skipped", file=sys.stderr)
+    return 0
+
+
 # ---- the parser ---------------------------------------------------------------------------------------------------
 def _question_flags(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--question", required=required)
@@ -352,9 +401,29 @@ def add_commands(sub) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def add_collection_commands(sub) -> None:
+    x = sub.add_parser("index", help="index folders and files of documents for `spanqa ask` (BM25 over passages)")
+    x.add_argument("sources", nargs="+", help="folders and files: .txt .md .jsonl .json (SQuAD) .pdf .html")
+    x.add_argument("--out", required=True, help="the index folder (built, or updated when it holds one)")
+    add_flags(x, IndexConfig)
+    x.set_defaults(func=cmd_index)
+
+    x = sub.add_parser("ask", help="answer questions from an index: retrieve passages, read them, rank the answers")
+    x.add_argument("--index", required=True, help="a folder built by `spanqa index`")
+    x.add_argument("--question")
+    add_flags(x, RunConfig)
+    add_flags(x, AskConfig)
+    x.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool, ...}')
+    x.add_argument("--input", help='JSONL of {"id", "question"} lines (.gz ok): answer them all')
+    x.add_argument("--output", help="with --input: the answers JSONL; running again resumes it")
+    x.set_defaults(func=cmd_ask)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.")
-    add_commands(p.add_subparsers(dest="command", required=True))
+    sub = p.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    add_collection_commands(sub)
     return p
 
 

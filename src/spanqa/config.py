@@ -259,6 +259,38 @@ class NegativesConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """`spanqa index`: how documents are cut into passages (the units BM25 ranks and the reader reads)."""
+
+    passage_words: int = opt(200, "words per passage, at most (about 1.3 reader tokens a word: one window)")
+    overlap_words: int = opt(40, "words a passage cut inside a paragraph repeats from the one before it")
+
+    def __post_init__(self) -> None:
+        at_least(self, "passage_words", 1)
+        at_least(self, "overlap_words", 0)
+        if self.overlap_words >= self.passage_words:
+            raise SettingError("overlap_words", f"must be below passage_words ({self.passage_words}), "
+                                                f"got {self.overlap_words}")
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    """`spanqa ask`: retrieve passages from an index, read them, rank the answers across passages."""
+
+    passages: int = opt(10, "passages retrieved (BM25) and read per question")
+    top_k: int = opt(1, "answers per question, best first, each text once")
+    bm25_weight: float = opt(1.0, "weight of the passage's BM25 score in an answer's score (see spanqa.ask)")
+    batch_size: int = opt(32, "windows per forward pass")
+    chunk: int = opt(64, "with --input: questions read and written at a time")
+    skip_invalid: bool = opt(False, "with --input: count and skip bad lines")
+    progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "passages top_k batch_size chunk", 1)
+        at_least(self, "bm25_weight", 0)
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """The HTTP API's limits and batching."""
 
@@ -273,8 +305,10 @@ class ServeConfig:
     max_batch_items: int = opt(64, "items gathered into one batch")
     max_queue_items: int = opt(1024, "beyond this many waiting items, 503 'busy' rather than unbounded memory")
     predict_batch_size: int = opt(32, "windows per forward pass")
+    max_passages: int = opt(50, "largest number of passages a /v1/ask question may read")
 
     def __post_init__(self) -> None:
+        at_least(self, "max_passages", 1)
         at_least(self, "max_body_bytes max_question_chars max_context_chars max_batch max_top_k max_batch_items "
                        "max_queue_items predict_batch_size", 1)
         at_least(self, "batch_wait_ms", 0)
@@ -289,6 +323,8 @@ class ServerSettings:
     port: int = opt(8000, "port to listen on")
     threads: int | None = opt(None, "torch intra-op threads")
     log_level: str = opt("info", "uvicorn's log level", choices=("critical", "error", "warning", "info", "debug"))
+    index: str | None = opt(None, "a collection built by `spanqa index`: adds POST /v1/ask and the page's collection "
+                                  "search")
     serve: ServeConfig = opt(ServeConfig())
 
     def __post_init__(self) -> None:

@@ -44,7 +44,14 @@ def serve(s: ServerSettings) -> None:
     if s.serve.api_key is not None:
         check_api_key(s.serve.api_key)
     limit_heap_growth()
+    index = None
+    if s.index is not None:  # a bad index folder fails before the model loads
+        from spanqa.ask import Index
+
+        index = Index.load(s.index)
     reader = Reader.load(s.run.model, device=s.run.device, engine=s.run.engine)
     reader.answer("Who wrote it?", "It was written by Jane Austen.")  # warm-up: the first request is not slow
-    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=s.run.engine)
+    if index is not None:
+        index.reader = reader
+    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=s.run.engine, index=index)
     uvicorn.run(app, host=s.host, port=s.port, log_level=s.log_level, timeout_graceful_shutdown=5)

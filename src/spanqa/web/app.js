@@ -1,11 +1,22 @@
 // spanqa web page: ask POST /v1/answer (with return_probabilities), then show the answer, the n-best list,
 // the answer highlighted in the context, and an SVG bar chart of P_begin and P_end for every context token.
+// In collection mode it asks POST /v1/ask instead, and shows each answer's source, its passage with the answer
+// highlighted, and that passage's chart.
 // Plain DOM, no build step, no network beyond this server. Text goes in with textContent, never as HTML.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
-let last = null; // {context, data}: the latest answer, redrawn when a span is picked or the scale changes
+let last = null; // {mode, context, data}: the latest answer, redrawn when a span is picked or the scale changes
+
+const collectionMode = () => document.querySelector("input[name=mode]:checked").value === "collection";
+
+function setMode() {
+  const collection = collectionMode();
+  $("context").hidden = $("context-label").hidden = collection;
+  $("context").required = !collection;
+  $("passages-box").hidden = !collection;
+}
 
 function el(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -25,16 +36,21 @@ async function ask(event) {
   showError("");
   const question = $("question").value;
   const context = $("context").value;
+  const mode = collectionMode() ? "collection" : "context";
   const topK = Math.max(1, Math.min(20, parseInt($("topk").value, 10) || 1));
+  const passages = Math.max(1, Math.min(50, parseInt($("passages").value, 10) || 10));
+  const body = mode === "collection"
+    ? { question, passages, top_k: topK, return_probabilities: true }
+    : { question, context, top_k: topK, return_probabilities: true };
   const headers = { "Content-Type": "application/json" };
   if ($("apikey").value) headers["X-API-Key"] = $("apikey").value;
   $("submit").disabled = true;
   $("busy").hidden = false;
   try {
-    const resp = await fetch("/v1/answer", {
+    const resp = await fetch(mode === "collection" ? "/v1/ask" : "/v1/answer", {
       method: "POST",
       headers,
-      body: JSON.stringify({ question, context, top_k: topK, return_probabilities: true }),
+      body: JSON.stringify(body),
     });
     const data = await resp.json().catch(() => null);
     if (!resp.ok) {
@@ -42,7 +58,7 @@ async function ask(event) {
       showError(`The server refused the request: ${msg}`);
       return;
     }
-    last = { context, data };
+    last = { mode, context, data };
     render(0);
   } catch (err) {
     showError(`Could not reach the server: ${err}`);
@@ -52,9 +68,24 @@ async function ask(event) {
   }
 }
 
+// What to show for candidate `a`: the text it sits in (the context, or its passage), its span there, its chart.
+function view(a) {
+  if (last.mode !== "collection") return { context: last.context, span: a, probs: last.data.probabilities };
+  if (!a) return { context: "", span: null, probs: null };
+  const p = a.passage;
+  return { context: p.text, span: { start: a.start - p.start, end: a.end - p.start }, probs: a.probabilities };
+}
+
+function sourceLine(a) {
+  const page = a.page ? `, page ${a.page}` : "";
+  const also = a.also_in.length ? `; also in ${a.also_in.length} other place(s)` : "";
+  const doc = a.document === a.source ? a.source : `${a.document} (${a.source})`;
+  return `from ${doc}${page}, characters [${a.start}, ${a.end})${also}`;
+}
+
 // Show the answer list with candidate `pick` selected (0 = the reader's answer).
 function render(pick) {
-  const { context, data } = last;
+  const { mode, data } = last;
   const answers = data.answers;
   const best = answers[0];
   const none = data.no_answer || !best;
@@ -62,15 +93,21 @@ function render(pick) {
   $("answer").textContent = none ? "(no answer)" : best.text;
   $("score").textContent = none ? "" : `score ${best.score.toFixed(3)}  [${best.start}, ${best.end})`;
   $("no-answer").hidden = !none;
+  $("no-answer").textContent = mode === "collection"
+    ? "no answer: the reader finds none in the passages it read" : "no answer: the reader finds none in this context";
 
   const shown = answers[pick];
+  const { context, span, probs } = view(shown);
+  $("source").hidden = mode !== "collection" || !shown;
+  $("source").textContent = shown && mode === "collection" ? sourceLine(shown) : "";
+  $("where-heading").textContent = mode === "collection" ? "In its passage" : "In the context";
   const hl = $("highlighted");
   hl.replaceChildren();
-  if (shown) {
-    hl.append(context.slice(0, shown.start));
+  if (span) {
+    hl.append(context.slice(0, span.start));
     const mark = document.createElement("mark");
-    mark.textContent = context.slice(shown.start, shown.end);
-    hl.append(mark, context.slice(shown.end));
+    mark.textContent = context.slice(span.start, span.end);
+    hl.append(mark, context.slice(span.end));
   } else {
     hl.append(context);
   }
@@ -82,14 +119,14 @@ function render(pick) {
     li.textContent = a.text;
     const s = document.createElement("span");
     s.className = "s";
-    s.textContent = a.score.toFixed(4);
+    s.textContent = a.score.toFixed(4) + (mode === "collection" ? `  ${a.document}` : "");
     li.append(s);
     if (i === pick) li.className = "selected";
     li.addEventListener("click", () => render(i));
     list.append(li);
   });
 
-  drawChart(data.probabilities, shown);
+  drawChart(probs, span);
 }
 
 // Bars of P_begin (blue) and P_end (orange) per context token, tokens on the x axis, the shown span shaded.
@@ -148,6 +185,8 @@ function drawChart(probs, span) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("ask").addEventListener("submit", ask);
+  document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", setMode));
+  setMode();
   $("context").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("ask").requestSubmit();
   });
