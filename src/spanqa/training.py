@@ -8,7 +8,9 @@ still anneals its learning rate to zero.
 Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the `TrainState` and the RNG states,
 all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment leaves the
 last good checkpoint. `resume=True` continues from it, and the resumed run ends with the same weights as an
-uninterrupted one (same seed; without a time budget, whose schedule follows the clock).
+uninterrupted one, wherever the kill fell (an epoch boundary, the middle of an accumulated step, after the last step):
+each epoch's batch order is a function of the seed and the epoch alone (same seed; without a time budget, whose
+schedule follows the clock).
 
 Under `torchrun` the loop runs data-parallel (see distributed.py): `batch_size` is the global micro-batch,
 so the same flags train the same model on any number of processes.
@@ -111,11 +113,22 @@ class Run:
     forward: Any  # net, or torch.compile(net)
     opt: torch.optim.Optimizer
     windows: list[Window]
-    order: list[list[int]]  # micro-batches of window indices
     dev: Dataset | None
     n_examples: int
     recipe: dict
     bar: Any  # tqdm
+    order: list[list[int]] = field(default_factory=list)  # the micro-batches (window indices) of order_epoch
+    order_epoch: int = -1
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The micro-batches of `epoch`: length-grouped and shuffled with seed + epoch, so the order is a function of
+        the epoch alone and a run resumed at any step (an epoch boundary too) continues it exactly. The one place the
+        order is made; rebuilt when the epoch changes."""
+        if epoch != self.order_epoch:
+            rng = np.random.default_rng(self.cfg.seed + epoch)
+            self.order = length_grouped_batches([len(w) for w in self.windows], self.cfg.optim.batch_size, rng)
+            self.order_epoch = epoch
+        return self.order
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
@@ -126,7 +139,7 @@ def train(cfg: TrainConfig) -> dict:
     while not done:
         loss, lr = train_step(run, state)
         log_step(run, state, loss, lr)
-        state.end_batch(len(run.order))
+        state.end_batch(len(run.epoch_batches(state.epoch)))
         done = state.done(run.cfg)
         maybe_evaluate(run, state, done)
         maybe_checkpoint(run, state, done)
@@ -169,11 +182,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
     bar = tqdm(total=state.total_steps, initial=state.step, disable=not (cfg.progress and env.main),
                dynamic_ncols=True, desc="train", file=sys.stderr)
-    # One order per process, seeded by the epoch it starts in; later epochs of the same process reuse it
-    # (kept as it always was: the numbers of every recorded run depend on it).
-    order = length_grouped_batches([len(w) for w in windows], cfg.optim.batch_size,
-                                   np.random.default_rng(cfg.seed + state.epoch))
-    run = Run(cfg, env, out, reader, net, forward, opt, windows, order, dev, len(examples), recipe, bar)
+    run = Run(cfg, env, out, reader, net, forward, opt, windows, dev, len(examples), recipe, bar)
     log(run, {"event": "start", "examples": len(examples), "windows": len(windows),
               "format_seconds": round(t_fmt, 1), "total_steps": state.total_steps, "resumed_at": state.step,
               "world_size": env.world, "config": recipe})
@@ -189,7 +198,7 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     """
     cfg, env, model, device = run.cfg, run.env, run.reader.model, run.reader.device
     t0 = time.perf_counter()
-    group = run.order[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
+    group = run.epoch_batches(state.epoch)[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
     n_step = sum(len(idx) for idx in group)
     n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
     pad = run.reader.tokenizer.pad_token_id or 0
