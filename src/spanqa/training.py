@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from spanqa import distributed
-from spanqa.batching import collate, length_grouped_batches
+from spanqa.batching import collate, length_grouped_batches, token_budget_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
 from spanqa.distributed import DistEnv
@@ -202,11 +202,11 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     n_step = sum(len(idx) for idx in group)
     n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
     pad = run.reader.tokenizer.pad_token_id or 0
-    for m, idx in enumerate(group):
-        mine, weight = distributed.shard(idx, env)
+    passes = forward_passes(run, group)
+    for m, (mine, weight) in enumerate(passes):
         batch = collate([run.windows[i] for i in mine], pad, with_labels=True)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
+        last = m == len(passes) - 1  # DDP all-reduces the gradients once, after the last forward pass
         with run.net.no_sync() if env.active and not last else nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
                 b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
@@ -240,6 +240,21 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     state.window_time += dt
     state.loss_ema = loss_val if state.loss_ema is None else 0.98 * state.loss_ema + 0.02 * loss_val
     return loss_val, lr
+
+
+def forward_passes(run: Run, group: list[list[int]]) -> list[tuple[list[int], float]]:
+    """This rank's share of a step's micro-batches as forward passes of at most max_batch_tokens padded tokens each,
+    with their weights (see distributed.shard). The gradients of a micro-batch's passes add up to the micro-batch's
+    own, so the budget bounds the memory of a step without changing the step (up to float summation order; dropout
+    draws its masks pass by pass, from the same distribution): 32 windows of 384 tokens would otherwise hold
+    32 x 12 heads x 384^2 attention scores per layer, several times over, at once (7.8 GB for all-MiniLM-L6-v2)."""
+    passes = []
+    for idx in group:
+        mine, weight = distributed.shard(idx, run.env)
+        lengths = [len(run.windows[i]) for i in mine]
+        for piece in token_budget_batches(lengths, len(mine), run.cfg.optim.max_batch_tokens):
+            passes.append(([mine[p] for p in sorted(piece)], weight))
+    return passes
 
 
 def log_step(run: Run, state: TrainState, loss: float, lr: float) -> None:
