@@ -204,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.int8 and args.format != "onnx":
         raise SpanqaError("--int8 applies to --format onnx only")
-    reader = Reader.load(args.model, device="cpu")
+    reader = Reader.load(args.model, device="cpu", engine="torch")
     if args.format == "hf":
         from spanqa.hf import export_hf
 

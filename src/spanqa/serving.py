@@ -46,5 +46,5 @@ def serve(s: ServerSettings) -> None:
     limit_heap_growth()
     reader = Reader.load(s.run.model, device=s.run.device, engine=s.run.engine)
     reader.answer("Who wrote it?", "It was written by Jane Austen.")  # warm-up: the first request is not slow
-    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=s.run.engine)
+    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=reader.engine_name)
     uvicorn.run(app, host=s.host, port=s.port, log_level=s.log_level, timeout_graceful_shutdown=5)

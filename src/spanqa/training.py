@@ -362,7 +362,7 @@ def build_reader(cfg: TrainConfig, ckpt: Path | None, device: str, unanswerable:
         return reader, saved, tensors
     fmt = cfg.reader.format
     if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
-        reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device)
+        reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device, engine="torch")
         decode = replace(reader.config.decode, allow_no_answer=unanswerable)
         reader.config = replace(reader.config, format=fmt, decode=decode)
         check_settings(fmt, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
@@ -488,7 +488,7 @@ def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]
     """The reader, the saved TrainState (as a dict) and the optimiser/RNG tensors of a checkpoint."""
     from safetensors.torch import load_file
 
-    reader = Reader.load(path, device=reader_device)
+    reader = Reader.load(path, device=reader_device, engine="torch")
     state = json.loads((path / "trainer_state.json").read_text())
     tensors = load_file(str(path / "trainer_state.safetensors"))
     return reader, state, tensors
