@@ -28,7 +28,7 @@ def fit(args) -> dict:
     from spanqa.reader import Reader
 
     torch.manual_seed(0)
-    reader = Reader.load(args.model, device="cpu")
+    reader = Reader.load(args.model, device="cpu", engine="torch")
     if reader.config.head.kind != "mlp":
         raise SystemExit("the model's heads are already linear")
     data = load_dataset(args.train).examples

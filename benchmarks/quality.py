@@ -40,7 +40,7 @@ def main() -> None:
     from spanqa.data import load_dataset
     from spanqa.evaluation import evaluate
 
-    reader = Reader.load(args.model, device="cpu")
+    reader = Reader.load(args.model, device="cpu", engine="torch")
     results = {}
     for name in args.sets:
         path = SETS[name]

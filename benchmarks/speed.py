@@ -99,7 +99,7 @@ def spanqa_worker(args) -> None:
     data = json.loads(Path(args.inputs).read_text())
     model = None if args.model == "default" else args.model
     t0 = time.perf_counter()
-    reader = Reader.load(model, device="cpu")
+    reader = Reader.load(model, device="cpu", engine="torch")
     build_s = 0.0
     if args.engine != "torch":
         t = time.perf_counter()
@@ -245,7 +245,7 @@ def main() -> None:
         run_child([sys.executable, "-m", "spanqa", "export", "--model", str(linear), "--format", "hf", "--out",
                    str(hf_dir)], env)
     torch.set_num_threads(args.threads)
-    reader = Reader.load(linear)
+    reader = Reader.load(linear, engine="torch")
     inputs = write_inputs(args, reader)
     data = json.loads(inputs.read_text())
     engines = args.engines.split(",")

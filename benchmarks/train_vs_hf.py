@@ -69,7 +69,8 @@ def main() -> None:
     ceiling_after = matmul_ceiling(threads=args.threads)
     ceiling = max(ceiling_before["gflops"], ceiling_after["gflops"])
     ev = subprocess.run([sys.executable, "-m", "spanqa", "evaluate", "--model", str(run / "spanqa"), "--data",
-                         str(DEV_V11), "--limit", str(args.dev_limit), "--json", "--device", "cpu"],
+                         str(DEV_V11), "--limit", str(args.dev_limit), "--json", "--device", "cpu",
+                         "--engine", "torch"],
                         capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}, check=True)
     ours_dev = json.loads(ev.stdout)
     log = [json.loads(x) for x in (run / "spanqa" / "train_log.jsonl").read_text().splitlines()]

@@ -169,7 +169,7 @@ def test_the_stored_threshold_is_what_answer_uses(tiny_model_dir, tmp_path, caps
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
-    reader = Reader.load(model)
+    reader = Reader.load(model, engine="torch")
     cal = Calibration(null_weights=(0.0,) * 5, null_bias=math.log(0.3 / 0.7), feature_mean=(0.0,) * 5,
                       feature_std=(1.0,) * 5, span_a=1.0, span_b=0.0)  # P(unanswerable) = 0.3 for every question
     argv = ["answer", "--model", str(model), "--question", "who?", "--context", "Ada wrote it.", "--json"]
@@ -219,7 +219,7 @@ def test_a_tiny_model_trained_with_negatives_learns_to_abstain(tmp_path, tokeniz
     train(TrainConfig.from_flat(base=str(base), train=str(data), out=str(tmp_path / "o"), max_steps=120,
                                 lr=1e-3, progress=False, device="cpu", save_every=0, max_seq_len=64,
                                 max_question_len=16, doc_stride=16, threads=1))
-    after = Reader.load(tmp_path / "o", device="cpu")
+    after = Reader.load(tmp_path / "o", device="cpu", engine="torch")
     assert after.config.decode.allow_no_answer  # the data had unanswerable questions
     qs, cs = [q for q, _ in held], [c for _, c in held]
     null_before = np.mean([p.na_score for p in before.predict(qs, cs)])

@@ -44,7 +44,9 @@ def check_answers(rows, n):
 
 
 def run_cli(*argv):
-    return main(["answer", *argv, "--no-progress"])
+    # torch: these tests compare files byte for byte across runs that batch differently, and onnx-int8 (the CPU
+    # default) quantises activations per batch, so its scores move in the last digits with the batch's company
+    return main(["answer", *argv, "--no-progress", "--engine", "torch"])
 
 
 def test_answers_every_line_in_chunks_with_bounded_batches(tmp_path, tiny_reader):

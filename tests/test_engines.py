@@ -95,7 +95,7 @@ def test_cli_engine_and_onnx_export(tiny_model_dir, tmp_path, monkeypatch, capsy
 
     monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
     args = ["answer", "--model", str(tiny_model_dir), "--question", QUESTIONS[0], "--context", CONTEXT, "--json"]
-    assert main(args) == 0
+    assert main([*args, "--engine", "torch"]) == 0
     ref = json.loads(capsys.readouterr().out)
     assert main([*args, "--engine", "onnx"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -119,6 +119,66 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"pip install 'spanqa\[onnx\]'"):
+    with pytest.raises(ConfigError, match=r"pip install onnxruntime \(or --engine torch\)"):
         check_engine("onnx-int8")
     assert check_engine("torch") == "torch"
+
+
+def test_the_default_engine_is_onnx_int8_on_a_cpu_and_torch_on_a_gpu(tiny_model_dir, tmp_path, monkeypatch):
+    from spanqa.config import RunConfig
+    from spanqa.engines import CPU_ENGINE, resolve_engine
+    from spanqa.reader import Reader
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert RunConfig().engine == "auto" and CPU_ENGINE == "onnx-int8"
+    assert resolve_engine("auto", cpu) == "onnx-int8" and resolve_engine("auto", gpu) == "torch"
+    assert [resolve_engine(e, cpu) for e in ("torch", "onnx", "onnx-int8")] == ["torch", "onnx", "onnx-int8"]
+    with pytest.raises(ConfigError, match="unknown engine"):
+        resolve_engine("fastest", cpu)
+
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    reader = Reader.load(tiny_model_dir, device="cpu")  # no engine given
+    assert reader.engine_name == "onnx-int8" and reader.engine is not None
+    assert len(list((tmp_path / "cache" / "engines").glob("*-int8"))) == 1
+    pred = reader.answer(QUESTIONS[0], CONTEXT, top_k=3)
+    assert pred.answers and all(CONTEXT[a.start : a.end] == a.text for a in pred.answers)
+    assert Reader.load(tiny_model_dir, device="cpu", engine="torch").engine is None
+    if torch.cuda.is_available():  # device auto finds the GPU, and auto keeps torch there
+        assert Reader.load(tiny_model_dir).engine_name == "torch"
+
+
+def test_the_cli_defaults_to_auto(monkeypatch, capsys):
+    from spanqa.cli import main
+    from spanqa.errors import SpanqaError
+    from spanqa.reader import Reader
+
+    calls = []
+
+    def load(path=None, device=None, engine="auto"):
+        calls.append(engine)
+        raise SpanqaError("stop here")
+
+    monkeypatch.setattr(Reader, "load", staticmethod(load))
+    assert main(["answer", "--question", "q", "--context", "c"]) == 2
+    assert main(["explain", "--question", "q", "--context", "c", "--out", "c.png"]) == 2
+    assert main(["answer", "--engine", "torch", "--question", "q", "--context", "c"]) == 2
+    assert calls == ["auto", "auto", "torch"]
+    assert capsys.readouterr().err.count("stop here") == 3
+
+
+def test_serve_reports_the_engine_auto_resolved_to(tiny_reader, monkeypatch):
+    pytest.importorskip("fastapi")
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    import spanqa.serving as serving
+    from spanqa.config import RunConfig, ServerSettings
+    from spanqa.reader import Reader
+
+    tiny_reader.engine_name = "onnx-int8"  # what auto resolves to on a CPU, without building a graph here
+    seen = {}
+    monkeypatch.setattr(Reader, "load", staticmethod(lambda path=None, device=None, engine="auto": tiny_reader))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("app", app))
+    serving.serve(ServerSettings(RunConfig(device="cpu")))
+    with TestClient(seen["app"]) as client:
+        assert client.get("/healthz").json()["engine"] == "onnx-int8"

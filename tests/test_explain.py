@@ -78,7 +78,7 @@ def test_serve_cli_settings_and_env_api_key(monkeypatch):
     monkeypatch.setenv("SPANQA_API_KEY", "from-env")
     assert main(["serve", "--port", "9001", "--batch-wait-ms", "0"]) == 0
     s = seen["s"]
-    assert (s.host, s.port, s.run.engine, s.serve.api_key, s.serve.batch_wait_ms) == ("127.0.0.1", 9001, "torch",
+    assert (s.host, s.port, s.run.engine, s.serve.api_key, s.serve.batch_wait_ms) == ("127.0.0.1", 9001, "auto",
                                                                                    "from-env", 0)
     seen.clear()
     assert main(["serve", "--api-key", "from-flag"]) == 0

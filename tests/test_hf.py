@@ -36,7 +36,7 @@ def test_export_load_with_transformers_and_import_back(tiny_reader, tmp_path):
     torch.testing.assert_close(out.start_logits, begin, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.end_logits, end, atol=1e-5, rtol=1e-5)
 
-    back = Reader.load(tmp_path)
+    back = Reader.load(tmp_path, engine="torch")
     assert back.config.format == tiny_reader.config.format  # settings travel in config.json
     contexts = [CONTEXT * 2] * len(QUESTIONS)  # several windows at max_seq_len 64
     for a, b in zip(tiny_reader.predict(QUESTIONS, contexts, top_k=3), back.predict(QUESTIONS, contexts, top_k=3),
@@ -53,7 +53,7 @@ def test_plain_hf_checkpoint_loads_with_default_settings(tiny_reader, tmp_path):
     qa = AutoModelForQuestionAnswering.from_config(tiny_reader.model.encoder.config)  # not made by spanqa
     qa.save_pretrained(tmp_path)
     tiny_reader.tokenizer.save_pretrained(tmp_path)
-    r = Reader.load(tmp_path)
+    r = Reader.load(tmp_path, engine="torch")
     assert r.config.head.kind == "linear" and r.config.format == FormatConfig()
     torch.testing.assert_close(r.model.end_head.net.weight[0], qa.qa_outputs.weight[1])
     assert r.answer(QUESTIONS[0], CONTEXT).best.text in CONTEXT

@@ -42,7 +42,7 @@ def test_save_load_round_trip(tiny_reader, tmp_path):
     meta = json.loads((tmp_path / "spanqa.json").read_text())
     assert meta["format"]["max_seq_len"] == 384 and meta["decode"]["max_answer_len"] == 30
     assert not list(tmp_path.glob("*.bin")) and (tmp_path / "heads.safetensors").exists()
-    again = Reader.load(tmp_path)
+    again = Reader.load(tmp_path, engine="torch")
     q, c = "who?", "Ada Lovelace wrote the first program."
     assert same_answers(again.answer(q, c, top_k=3), tiny_reader.answer(q, c, top_k=3))
 

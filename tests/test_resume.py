@@ -1,20 +1,30 @@
-"""Exact resume: a run killed with SIGKILL after a checkpoint, then resumed, ends with the weights of an
-uninterrupted run (same seed, dropout on, 1 thread)."""
+"""Exact resume: a run killed with SIGKILL right after a checkpoint, then resumed, ends with the weights of an
+uninterrupted run (same seed, dropout on, 1 thread), wherever the kill falls: at the step that ends an epoch, in the
+middle of an epoch with gradient accumulation, or after the last step (before the model is saved)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from contextlib import redirect_stdout
+from pathlib import Path
 
+import numpy as np
 import pytest
 from tinytrain import make_base, max_abs_diff, weights, write_train_jsonl
 
 from spanqa.cli import main
-from spanqa.training import CHECKPOINT, find_checkpoint
+from spanqa.config import OptimConfig, TrainConfig
+from spanqa.training import CHECKPOINT, Run, find_checkpoint
+
+KILLER = Path(__file__).with_name("kill_after_checkpoint.py")
+# 41 questions -> 81 windows -> 21 micro-batches of 4 per epoch -> 11 steps of grad_accum 2 (the epoch's last step
+# has one micro-batch of one window), 22 steps in 2 epochs
+STEPS_PER_EPOCH, STEPS = 11, 22
 
 
 @pytest.fixture(scope="module")
@@ -24,55 +34,86 @@ def setup(tmp_path_factory, tokenizer):
     data = write_train_jsonl(d / "train.jsonl", 41)
     flags = ["train", "--base", str(base), "--train", str(data), "--epochs", "2", "--batch-size", "4",
              "--grad-accum", "2", "--lr", "1e-3", "--max-seq-len", "64", "--doc-stride", "16",
-             "--max-question-len", "16", "--save-every", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
+             "--max-question-len", "16", "--save-every", "1", "--log-every", "1", "--threads", "1", "--no-progress",
+             "--device", "cpu"]
     return d, flags
 
 
-def _spanqa(flags: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "spanqa", *flags], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _finish(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-2000:]
-    return json.loads(out[out.index("{") :])
-
-
-def test_sigkill_then_resume_gives_identical_weights(setup):
+@pytest.fixture(scope="module")
+def reference(setup) -> dict:
+    """The uninterrupted run (in this process: the killed runs are the ones that need their own)."""
     d, flags = setup
-    full = _finish(_spanqa([*flags, "--out", str(d / "full")]))
+    summary = _run_here([*flags, "--out", str(d / "full")])
+    assert summary["steps"] == STEPS
+    return summary
 
-    proc = _spanqa([*flags, "--out", str(d / "killed")])
-    ckpt = d / "killed" / CHECKPOINT
-    deadline = time.time() + 300
-    while not (ckpt / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    state = json.loads((find_checkpoint(d / "killed") / "trainer_state.json").read_text())
-    assert 0 < state["step"] < full["steps"]
-    assert not (d / "killed" / "model.safetensors").exists()  # it really died before the end
 
-    resumed = _finish(_spanqa([*flags, "--out", str(d / "killed"), "--resume"]))
-    log = [json.loads(line) for line in (d / "killed" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["resumed_at"] for r in log if r.get("event") == "start"][-1] == state["step"]
-    assert resumed["steps"] == full["steps"]
-    diff = max_abs_diff(weights(d / "full"), weights(d / "killed"))
-    print(f"kill/resume: killed after the step-{state['step']} checkpoint of {full['steps']} steps; "
-          f"max |param diff| to the uninterrupted run {diff}")
+def _run_here(flags: list[str]) -> dict:
+    """`spanqa FLAGS` in this process; its summary."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(flags) == 0
+    text = out.getvalue()
+    return json.loads(text[text.index("{") :])
+
+
+def _kill_after(flags: list[str], step: int) -> subprocess.CompletedProcess:
+    """`spanqa FLAGS` in a process that SIGKILLs itself right after writing the checkpoint of `step`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, str(KILLER), str(step), *flags], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in log if "loss" in r}
+
+
+@pytest.mark.parametrize("kill_at", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 3, STEPS],
+                         ids=["epoch-boundary", "mid-epoch-accumulating", "last-step"])
+def test_sigkill_after_a_checkpoint_then_resume_gives_identical_weights(setup, reference, kill_at):
+    d, flags = setup
+    out = d / f"killed-{kill_at}"
+    killed = _kill_after([*flags, "--out", str(out)], kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    state = json.loads((find_checkpoint(out) / "trainer_state.json").read_text())
+    assert state["step"] == kill_at and state["epoch"] == kill_at // STEPS_PER_EPOCH
+    assert not (out / "model.safetensors").exists()  # it really died before the end
+
+    resumed = _run_here([*flags, "--out", str(out), "--resume"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["resumed_at"] for r in log if r.get("event") == "start"] == [0, kill_at]
+    assert resumed["steps"] == reference["steps"]
+    assert _losses(out) == _losses(d / "full")  # every step's loss, before and after the kill
+    diff = max_abs_diff(weights(d / "full"), weights(out))
+    print(f"kill/resume: killed after the step-{kill_at} checkpoint of {STEPS} steps; max |param diff| to the "
+          f"uninterrupted run {diff}")
     assert diff == 0.0
-    assert resumed["loss_ema"] == full["loss_ema"]
+    assert resumed["loss_ema"] == reference["loss_ema"]
     # the optimiser state ends equal too
     from safetensors.torch import load_file
 
     opt_full = load_file(str(d / "full" / CHECKPOINT / "trainer_state.safetensors"))
-    opt_res = load_file(str(d / "killed" / CHECKPOINT / "trainer_state.safetensors"))
+    opt_res = load_file(str(out / CHECKPOINT / "trainer_state.safetensors"))
     assert opt_full.keys() == opt_res.keys()
     assert all(bool((opt_full[k] == opt_res[k]).all()) for k in opt_full)
+
+
+def test_the_order_is_a_function_of_the_epoch_alone():
+    """The epoch-boundary fix: epoch e is shuffled with seed + e, whether the process started in epoch 0 or in e."""
+    cfg = TrainConfig(train="t", out="o", seed=3, optim=OptimConfig(batch_size=4))
+    windows = [[0] * n for n in np.random.default_rng(0).integers(5, 60, size=81)]  # only their lengths matter
+
+    def new_run() -> Run:
+        return Run(cfg, None, None, None, None, None, None, windows, None, 0, {}, None)
+
+    run = new_run()
+    first, second = run.epoch_batches(0), run.epoch_batches(1)
+    assert second == new_run().epoch_batches(1) and first == new_run().epoch_batches(0)
+    assert first != second
+    for order in (first, second):
+        assert sorted(i for b in order for i in b) == list(range(81)) and len(order) == 21
+        assert all(len(b) == 4 for b in order if len(b) != 1)  # 81 = 20 x 4 + 1
 
 
 def test_a_kill_between_the_renames_leaves_the_previous_checkpoint(tmp_path):

@@ -88,9 +88,9 @@ class AnswerResponse(BaseModel):
 class ApiError(Exception):
     """A request the server refuses: becomes `{"error": {"code", "message"}}` with `status`."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def error_body(code: str, message: str) -> dict:
@@ -98,22 +98,37 @@ def error_body(code: str, message: str) -> dict:
 
 
 # ---- validation: raw bytes -> checked items ----------------------------------------------------------------------
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` (declared or streamed)."""
+# An oversized body is still read, and thrown away, up to this many bytes before the 413 goes out: a client that sends
+# its whole body before it reads the answer (urllib, requests, http.client) gets the 413 rather than a connection reset
+# by a server that closed on unread bytes. Beyond it the server answers at once and closes the connection.
+DRAIN_BYTES = 64 << 20
+
+
+async def read_body(request, limit: int, drain: int = DRAIN_BYTES) -> bytes:
+    """The request body; 413 when it exceeds `limit` (declared or streamed), after reading the rest of it (up to
+    `drain` bytes, kept no longer than needed) so that the client can read the answer."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"request body is {declared} bytes, above the limit of {limit}")
+    if declared is not None and declared.isdigit() and int(declared) > drain:
+        raise _too_large(f"{declared} bytes", limit, close=True)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"request body is above the limit of {limit} bytes")
-            chunks.append(chunk)
+            if size > drain:
+                raise _too_large(f"over {drain} bytes", limit, close=True)
+            if size <= limit:
+                chunks.append(chunk)
     except ClientDisconnect:  # nobody is left to read the answer: one debug line, not a traceback in the log
         log.debug("client disconnected after %d of %s body bytes", size, declared)
         raise ApiError(400, "client_disconnected", "the client disconnected before sending the whole body") from None
+    if size > limit:
+        raise _too_large(f"{size} bytes", limit)
     return b"".join(chunks)
+
+
+def _too_large(size: str, limit: int, close: bool = False) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body is {size}, above the limit of {limit} bytes",
+                    {"Connection": "close"} if close else None)
 
 
 def parse_json(raw: bytes):
@@ -364,7 +379,7 @@ def _add_error_handlers(app) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -420,10 +435,11 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
                          422: {"description": "invalid field, over a limit"}, 503: {"description": "busy"}})
     async def answer(request: Request):
         """Answer one question (object in, object out) or several (list in, list out), in the CLI's JSON form."""
+        raw = await read_body(request, cfg.max_body_bytes)  # first: every answer goes out after the body is read
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
-        items, single = validate_payload(parse_json(await read_body(request, cfg.max_body_bytes)), cfg)
+        items, single = validate_payload(parse_json(raw), cfg)
         results = await batcher.submit(items)
         return JSONResponse(results[0] if single else results)
 

@@ -274,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and args.format != "onnx":
         raise SpanqaError("--int8 applies to --format onnx only")
     check_output(args.out, "--out", inputs=[args.model or default_model_dir()], directory=True)
-    reader = Reader.load(args.model, device="cpu")
+    reader = Reader.load(args.model, device="cpu", engine="torch")
     if args.format == "hf":
         from spanqa.hf import export_hf
 

@@ -126,17 +126,18 @@ class Reader:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.device = resolve_device("cpu" if engine != "torch" and device in (None, "auto") else device)
+        self.device = resolve_device("cpu" if engine not in ("torch", "auto") and device in (None, "auto") else device)
         self.model.to(self.device).eval()
         check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
         self._template = pair_template(tokenizer)
         self.set_engine(engine)
 
     def set_engine(self, engine: str = "torch", cache_dir: str | None = None) -> Reader:
-        """Run the network with `engine` (one of config.ENGINES); ONNX graphs are built once and cached."""
-        from spanqa.engines import check_engine, load_engine
+        """Run the network with `engine` (one of config.ENGINES; `auto` is resolved for this reader's device); ONNX
+        graphs are built once and cached."""
+        from spanqa.engines import load_engine, resolve_engine
 
-        check_engine(engine)
+        engine = resolve_engine(engine, self.device)
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine} runs on the CPU; use device cpu (or the torch engine on {self.device})")
         self.engine_name = engine
@@ -158,9 +159,10 @@ class Reader:
         return cls(SpanModel(encoder, config.head), tokenizer, replace(config, base=base), device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "torch") -> Reader:
+    def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "auto") -> Reader:
         """Load a saved reader directory, or a Hugging Face question-answering checkpoint with linear `qa_outputs`;
-        with no path, the default model shipped in the package. `engine`: one of config.ENGINES."""
+        with no path, the default model shipped in the package. `engine`: one of config.ENGINES (`auto`: the fastest
+        on this device, see spanqa.engines.CPU_ENGINE)."""
         if engine not in ENGINES:
             raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         resolve_device(device)  # before the model loads: a device this machine lacks is refused at once

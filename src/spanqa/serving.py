@@ -53,5 +53,5 @@ def serve(s: ServerSettings) -> None:
     reader.answer("Who wrote it?", "It was written by Jane Austen.")  # warm-up: the first request is not slow
     if index is not None:
         index.reader = reader
-    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=s.run.engine, index=index)
+    app = create_app(reader, s.serve, model_name=s.run.model or "default", engine=reader.engine_name, index=index)
     uvicorn.run(app, host=s.host, port=s.port, log_level=s.log_level, timeout_graceful_shutdown=5)

@@ -8,7 +8,9 @@ still anneals its learning rate to zero.
 Checkpoints (`OUT/checkpoint/`) hold the reader, the optimiser state, the `TrainState` and the RNG states,
 all in safetensors + JSON, written to a temporary directory and renamed, so a kill at any moment leaves the
 last good checkpoint. `resume=True` continues from it, and the resumed run ends with the same weights as an
-uninterrupted one (same seed; without a time budget, whose schedule follows the clock).
+uninterrupted one, wherever the kill fell (an epoch boundary, the middle of an accumulated step, after the last step):
+each epoch's batch order is a function of the seed and the epoch alone (same seed; without a time budget, whose
+schedule follows the clock).
 
 Under `torchrun` the loop runs data-parallel (see distributed.py): `batch_size` is the global micro-batch,
 so the same flags train the same model on any number of processes.
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from spanqa import checkpoint, distributed
-from spanqa.batching import collate, length_grouped_batches
+from spanqa.batching import collate, length_grouped_batches, token_budget_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
 from spanqa.distributed import DistEnv
@@ -131,11 +133,22 @@ class Run:
     forward: Any  # net, or torch.compile(net)
     opt: torch.optim.Optimizer
     windows: list[Window]
-    order: list[list[int]]  # micro-batches of window indices
     dev: Dataset | None
     n_examples: int
     recipe: dict
     bar: Any  # tqdm
+    order: list[list[int]] = field(default_factory=list)  # the micro-batches (window indices) of order_epoch
+    order_epoch: int = -1
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The micro-batches of `epoch`: length-grouped and shuffled with seed + epoch, so the order is a function of
+        the epoch alone and a run resumed at any step (an epoch boundary too) continues it exactly. The one place the
+        order is made; rebuilt when the epoch changes."""
+        if epoch != self.order_epoch:
+            rng = np.random.default_rng(self.cfg.seed + epoch)
+            self.order = length_grouped_batches([len(w) for w in self.windows], self.cfg.optim.batch_size, rng)
+            self.order_epoch = epoch
+        return self.order
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
@@ -146,7 +159,7 @@ def train(cfg: TrainConfig) -> dict:
     while not done:
         loss, lr = train_step(run, state)
         log_step(run, state, loss, lr)
-        state.end_batch(len(run.order))
+        state.end_batch(len(run.epoch_batches(state.epoch)))
         done = state.done(run.cfg)
         maybe_evaluate(run, state, done)
         maybe_checkpoint(run, state, done)
@@ -189,11 +202,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
     bar = tqdm(total=state.total_steps, initial=state.step, disable=not (cfg.progress and env.main),
                dynamic_ncols=True, desc="train", file=sys.stderr)
-    # One order per process, seeded by the epoch it starts in; later epochs of the same process reuse it
-    # (kept as it always was: the numbers of every recorded run depend on it).
-    order = length_grouped_batches([len(w) for w in windows], cfg.optim.batch_size,
-                                   np.random.default_rng(cfg.seed + state.epoch))
-    run = Run(cfg, env, out, reader, net, forward, opt, windows, order, dev, len(examples), recipe, bar)
+    run = Run(cfg, env, out, reader, net, forward, opt, windows, dev, len(examples), recipe, bar)
     log(run, {"event": "start", "examples": len(examples), "windows": len(windows),
               "format_seconds": round(t_fmt, 1), "total_steps": state.total_steps, "resumed_at": state.step,
               "world_size": env.world, "config": recipe})
@@ -209,15 +218,15 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     """
     cfg, env, model, device = run.cfg, run.env, run.reader.model, run.reader.device
     t0 = time.perf_counter()
-    group = run.order[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
+    group = run.epoch_batches(state.epoch)[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
     n_step = sum(len(idx) for idx in group)
     n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
     pad = run.reader.tokenizer.pad_token_id or 0
-    for m, idx in enumerate(group):
-        mine, weight = distributed.shard(idx, env)
+    passes = forward_passes(run, group)
+    for m, (mine, weight) in enumerate(passes):
         batch = collate([run.windows[i] for i in mine], pad, with_labels=True)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        last = m == len(group) - 1  # DDP all-reduces the gradients once, after the last micro-batch
+        last = m == len(passes) - 1  # DDP all-reduces the gradients once, after the last forward pass
         with run.net.no_sync() if env.active and not last else nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
                 b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
@@ -251,6 +260,21 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     state.window_time += dt
     state.loss_ema = loss_val if state.loss_ema is None else 0.98 * state.loss_ema + 0.02 * loss_val
     return loss_val, lr
+
+
+def forward_passes(run: Run, group: list[list[int]]) -> list[tuple[list[int], float]]:
+    """This rank's share of a step's micro-batches as forward passes of at most max_batch_tokens padded tokens each,
+    with their weights (see distributed.shard). The gradients of a micro-batch's passes add up to the micro-batch's
+    own, so the budget bounds the memory of a step without changing the step (up to float summation order; dropout
+    draws its masks pass by pass, from the same distribution): 32 windows of 384 tokens would otherwise hold
+    32 x 12 heads x 384^2 attention scores per layer, several times over, at once (7.8 GB for all-MiniLM-L6-v2)."""
+    passes = []
+    for idx in group:
+        mine, weight = distributed.shard(idx, run.env)
+        lengths = [len(run.windows[i]) for i in mine]
+        for piece in token_budget_batches(lengths, len(mine), run.cfg.optim.max_batch_tokens):
+            passes.append(([mine[p] for p in sorted(piece)], weight))
+    return passes
 
 
 def log_step(run: Run, state: TrainState, loss: float, lr: float) -> None:
@@ -358,7 +382,7 @@ def build_reader(cfg: TrainConfig, ckpt: Path | None, device: str, unanswerable:
         return reader, saved, tensors
     fmt = cfg.reader.format
     if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
-        reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device)
+        reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device, engine="torch")
         decode = replace(reader.config.decode, allow_no_answer=unanswerable)
         reader.config = replace(reader.config, format=fmt, decode=decode)
         check_settings(fmt, reader.tokenizer, encoder_max_positions(reader.model.encoder.config))
@@ -483,7 +507,7 @@ def find_checkpoint(out: Path) -> Path | None:
 
 def load_checkpoint(path: Path, reader_device: str) -> tuple[Reader, dict, dict]:
     """The reader, the saved TrainState (as a dict) and the optimiser/RNG tensors of a checkpoint."""
-    reader = Reader.load(path, device=reader_device)
+    reader = Reader.load(path, device=reader_device, engine="torch")
     try:
         state = json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError) as e:

@@ -1,0 +1,97 @@
+"""Training memory and speed on the CPU: peak RSS, real tokens/s and the share of the matmul ceiling, per setting.
+
+Each setting trains the packaged base on the first `--questions` questions of the shared train file with the
+defaults (`--max-steps` optimiser steps, batch 32), in its own process, one after the other; the peak RSS is the
+process's own (os.wait4). The fp32 and bf16 matmul ceilings are measured in the same run, at the trainer's thread
+count, and the machine's load average is recorded around every phase (the numbers mean little on a busy machine).
+
+    python benchmarks/train_memory.py                               # fp32 and bf16 with the default token budget
+    python benchmarks/train_memory.py --settings fp32:100000 fp32:2048 bf16:2048 --max-steps 30
+    python benchmarks/train_memory.py --questions 20 --max-steps 2  # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, TRAIN_V11, versions, write_json  # noqa: E402
+
+
+def first_questions(n: int, path: Path) -> Path:
+    """The first n questions of the shared train file, as HF-layout JSONL."""
+    from spanqa.data import load_dataset
+
+    with open(path, "w") as f:
+        for e in load_dataset(TRAIN_V11).examples[:n]:
+            answers = {"text": [a.text for a in e.answers], "answer_start": [a.start for a in e.answers]}
+            f.write(json.dumps({"id": e.id, "question": e.question, "context": e.context, "answers": answers}) + "\n")
+    return path
+
+
+def train_once(data: Path, out: Path, precision: str, budget: int, args: argparse.Namespace) -> dict:
+    """One `spanqa train` process: its summary, peak RSS and wall time."""
+    cmd = [sys.executable, "-m", "spanqa", "train", "--train", str(data), "--out", str(out), "--max-steps",
+           str(args.max_steps), "--seed", "3", "--precision", precision, "--max-batch-tokens", str(budget),
+           "--save-every", "0", "--no-progress", "--device", "cpu"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    with open(out.with_suffix(".log"), "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed; see {out.with_suffix('.log')}")
+    summary = json.loads(stdout[stdout.index("{") :])
+    return {"precision": precision, "max_batch_tokens": budget, "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "wall_s": round(time.perf_counter() - t0, 1), "load_before": load_before, "load_after": os.getloadavg(),
+            **{k: summary[k] for k in ("steps", "train_seconds", "real_tokens", "padded_tokens", "tokens_per_s",
+                                       "matmul_gflops_per_s", "loss_ema", "threads")}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=30, help="(300 questions, batch 32: 20 steps in 2 epochs)")
+    p.add_argument("--settings", nargs="+", default=["fp32:2048", "bf16:2048"], metavar="PRECISION:TOKENS",
+                   help="precision and --max-batch-tokens of each run (100000: no budget, as before it existed)")
+    p.add_argument("--threads", type=int, default=None, help="trainer threads (default: torch's)")
+    args = p.parse_args()
+    import torch
+
+    from spanqa.perf import matmul_ceiling
+
+    run = OUT / f"train_memory-{time.strftime('%Y%m%d-%H%M%S')}"
+    run.mkdir(parents=True, exist_ok=True)
+    data = first_questions(args.questions, run / "train.jsonl")
+    threads = args.threads or torch.get_num_threads()
+    ceilings = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        ceilings[name] = {"load": os.getloadavg(), **matmul_ceiling(threads=threads, dtype=dtype)}
+        print(f"{name} matmul ceiling at {threads} thread(s): {ceilings[name]['gflops']:.1f} GFLOP/s "
+              f"(load {ceilings[name]['load'][0]:.2f})", flush=True)
+    rows = []
+    for setting in args.settings:
+        precision, budget = setting.split(":")
+        row = train_once(data, run / f"{precision}-{budget}", precision, int(budget), args)
+        row["share_of_ceiling"] = row["matmul_gflops_per_s"] / ceilings[precision]["gflops"]
+        rows.append(row)
+        print(f"{precision} max_batch_tokens {budget}: peak RSS {row['peak_rss_gb']:.2f} GB, {row['tokens_per_s']:.0f} "
+              f"real tokens/s, {row['matmul_gflops_per_s']:.1f} matmul GFLOP/s = {row['share_of_ceiling']:.0%} of the "
+              f"{precision} ceiling, loss_ema {row['loss_ema']:.4f} (load {row['load_before'][0]:.2f} -> "
+              f"{row['load_after'][0]:.2f})", flush=True)
+    path = write_json(f"{run.name}.json", {"settings": vars(args), "versions": versions(), "ceilings": ceilings,
+                                           "runs": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
