@@ -42,7 +42,8 @@ def fit(args) -> dict:
     t0, n_tokens = time.perf_counter(), 0
     with torch.inference_mode():
         for idx in length_grouped_batches([len(w) for w in windows], 32, rng=None):
-            batch = collate([windows[i] for i in idx], reader.tokenizer.pad_token_id)
+            batch = {k: torch.from_numpy(v) for k, v in collate([windows[i] for i in idx],
+                                                                 reader.tokenizer.pad_token_id).items()}
             hidden = reader.model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                           token_type_ids=batch["token_type_ids"]).last_hidden_state
             ctx = batch["span_mask"].clone()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from spanqa.batching import collate  # noqa: E402
+from spanqa.engines import OnnxEngine, TorchEngine  # noqa: E402
 from spanqa.errors import ConfigError  # noqa: E402
 from spanqa.formatting import iter_windows  # noqa: E402
 
@@ -34,15 +36,15 @@ def a_batch(reader):
 
 def test_onnx_logits_match_torch(tiny_reader, cache):
     batch = a_batch(tiny_reader)
-    with torch.inference_mode():
-        ref_b, ref_e = tiny_reader.logits(batch)
+    ref_b, ref_e = tiny_reader.logits(batch)
     tiny_reader.set_engine("onnx", cache_dir=cache)
     got_b, got_e = tiny_reader.logits(batch)
     keep = batch["span_mask"]
     assert got_b.shape == ref_b.shape
-    np.testing.assert_allclose(got_b[keep].numpy(), ref_b[keep].numpy(), atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(got_e[keep].numpy(), ref_e[keep].numpy(), atol=1e-4, rtol=1e-4)
-    assert (got_b[~keep] == torch.finfo(torch.float32).min).all()  # masked like the torch engine
+    assert isinstance(got_b, np.ndarray) and got_b.dtype == ref_b.dtype == np.float32
+    np.testing.assert_allclose(got_b[keep], ref_b[keep], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got_e[keep], ref_e[keep], atol=1e-4, rtol=1e-4)
+    assert (got_b[~keep] == ref_b[~keep]).all() and (ref_b[~keep] == np.finfo(np.float32).min).all()  # masked alike
 
 
 def test_engines_give_the_same_answers(tiny_reader, cache):
@@ -58,7 +60,7 @@ def test_engines_give_the_same_answers(tiny_reader, cache):
                 assert [c.score for c in a.answers] == pytest.approx([c.score for c in b.answers], abs=1e-4)
                 assert a.null_log_score == pytest.approx(b.null_log_score, abs=1e-4)
     tiny_reader.set_engine("torch")
-    assert tiny_reader.engine is None
+    assert isinstance(tiny_reader.engine, TorchEngine)
 
 
 def test_graph_is_fused_and_cached(tiny_reader, cache, monkeypatch):
@@ -129,7 +131,7 @@ def test_the_default_engine_is_onnx_int8_on_a_cpu_and_torch_on_a_gpu(tiny_model_
     from spanqa.engines import CPU_ENGINE, resolve_engine
     from spanqa.reader import Reader
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    cpu, gpu = "cpu", "cuda"
     assert RunConfig().engine == "auto" and CPU_ENGINE == "onnx-int8"
     assert resolve_engine("auto", cpu) == "onnx-int8" and resolve_engine("auto", gpu) == "torch"
     assert [resolve_engine(e, cpu) for e in ("torch", "onnx", "onnx-int8")] == ["torch", "onnx", "onnx-int8"]
@@ -138,11 +140,11 @@ def test_the_default_engine_is_onnx_int8_on_a_cpu_and_torch_on_a_gpu(tiny_model_
 
     monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
     reader = Reader.load(tiny_model_dir, device="cpu")  # no engine given
-    assert reader.engine_name == "onnx-int8" and reader.engine is not None
+    assert reader.engine_name == "onnx-int8" and isinstance(reader.engine, OnnxEngine)
     assert len(list((tmp_path / "cache" / "engines").glob("*-int8"))) == 1
     pred = reader.answer(QUESTIONS[0], CONTEXT, top_k=3)
     assert pred.answers and all(CONTEXT[a.start : a.end] == a.text for a in pred.answers)
-    assert Reader.load(tiny_model_dir, device="cpu", engine="torch").engine is None
+    assert isinstance(Reader.load(tiny_model_dir, device="cpu", engine="torch").engine, TorchEngine)
     if torch.cuda.is_available():  # device auto finds the GPU, and auto keeps torch there
         assert Reader.load(tiny_model_dir).engine_name == "torch"
 
@@ -182,3 +184,58 @@ def test_serve_reports_the_engine_auto_resolved_to(tiny_reader, monkeypatch):
     serving.serve(ServerSettings(RunConfig(device="cpu")))
     with TestClient(seen["app"]) as client:
         assert client.get("/healthz").json()["engine"] == "onnx-int8"
+
+
+def test_a_second_load_starts_from_the_cached_graph_alone(tiny_model_dir, tiny_reader, tmp_path, monkeypatch):
+    """The first load indexes the graph under the model files' sizes and times; the next one reads spanqa.json,
+    tokenizer.json and the graph (no torch model, no transformers tokenizer) and answers exactly as the first;
+    a changed file sends the next load down the full path again."""
+    import shutil
+
+    from spanqa.checkpoint import HEADS_FILE, TokenizerJson
+    from spanqa.reader import Reader
+
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    contexts = [CONTEXT, CONTEXT * 3, CONTEXT[:80], CONTEXT]
+    full = Reader.load(model, device="cpu")
+    fast = Reader.load(model, device="cpu")
+    assert not isinstance(full.tokenizer, TokenizerJson) and full._model is not None
+    assert isinstance(fast.tokenizer, TokenizerJson) and fast._model is None and fast.engine_name == "onnx-int8"
+    assert len(list((tmp_path / "cache" / "index").iterdir())) == 1
+    want, got = full.predict(QUESTIONS, contexts, top_k=3), fast.predict(QUESTIONS, contexts, top_k=3)
+    assert [p.to_dict() for p in got] == [p.to_dict() for p in want] and fast._model is None
+    # the torch model comes on first use: saving a fast-started reader gives a reader that answers the same
+    fast.save(tmp_path / "saved")
+    assert fast._model is not None
+    again = Reader.load(tmp_path / "saved", device="cpu", engine="torch")
+    assert [p.to_dict() for p in again.predict(QUESTIONS, contexts, top_k=3)] == \
+        [p.to_dict() for p in Reader.load(model, device="cpu", engine="torch").predict(QUESTIONS, contexts, top_k=3)]
+
+    stat = (model / HEADS_FILE).stat()
+    os.utime(model / HEADS_FILE, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "retrained"
+    assert not isinstance(Reader.load(model, device="cpu").tokenizer, TokenizerJson)  # full path, re-indexed
+    assert isinstance(Reader.load(model, device="cpu").tokenizer, TokenizerJson)
+    assert not isinstance(Reader.load(model, device="cpu", engine="torch").tokenizer, TokenizerJson)
+
+
+def test_the_cached_answer_path_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom spanqa.cli import main\n"
+            f"rc = main(['answer', '--model', {str(tiny_model_dir)!r}, '--device', 'cpu', '--question', "
+            f"{QUESTIONS[0]!r}, '--context', {CONTEXT!r}, '--json'])\n"
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, "
+            "'transformers': 'transformers' in sys.modules}))\n")
+    env = {**os.environ, "SPANQA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    runs = []
+    for _ in range(2):  # the first builds the graph (with torch), the second starts from it
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = out.stdout.strip().splitlines()
+        runs.append((json.loads(lines[-2]), json.loads(lines[-1])))
+    (answer1, first), (answer2, second) = runs
+    assert first == {"rc": 0, "torch": True, "transformers": True}
+    assert second == {"rc": 0, "torch": False, "transformers": False}
+    assert answer2 == answer1

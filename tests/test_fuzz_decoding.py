@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from fuzzing import BUDGETS, fuzz, wild_text
 from hypothesis import strategies as st
 from test_decoding import merge_windows
@@ -21,8 +20,8 @@ def span_problems(draw):
     W, T = draw(st.integers(1, 3)), draw(st.integers(1, 24))
     grid = st.lists(st.lists(_logp, min_size=T, max_size=T), min_size=W, max_size=W)
     masks = st.lists(st.lists(st.booleans(), min_size=T, max_size=T), min_size=W, max_size=W)
-    return (torch.tensor(draw(grid)), torch.tensor(draw(grid)), torch.tensor(draw(masks)),
-            torch.tensor(draw(masks)), draw(st.integers(1, 12)), draw(st.integers(1, 10)))
+    return (np.array(draw(grid), np.float32), np.array(draw(grid), np.float32), np.array(draw(masks), bool),
+            np.array(draw(masks), bool), draw(st.integers(1, 12)), draw(st.integers(1, 10)))
 
 
 @pytest.mark.parametrize("budget", BUDGETS)

@@ -56,6 +56,7 @@ def mean_loss(reader: Reader, path) -> float:
     batch = collate(wins, reader.tokenizer.pad_token_id, with_labels=True)
     reader.model.eval()
     with torch.no_grad():
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
         b, e = reader.model(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
                             batch["token_type_ids"])
         return float(span_loss(b, e, batch["begin_gold"], batch["end_gold"]))

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from spanqa.formatting import Window
 
 
-def collate(windows: Sequence[Window], pad_id: int, multiple: int = 8, with_labels: bool = False) -> dict:
+def collate(windows: Sequence[Window], pad_id: int, multiple: int = 8, with_labels: bool = False
+            ) -> dict[str, np.ndarray]:
+    """The windows as one padded batch of numpy arrays (the torch engine and the trainer wrap them, without a copy)."""
     n = max(len(w) for w in windows)
     n = -(-n // multiple) * multiple if multiple > 1 else n
     B = len(windows)
@@ -33,15 +34,15 @@ def collate(windows: Sequence[Window], pad_id: int, multiple: int = 8, with_labe
         can_begin[r, :t] = w.context_mask & w.max_context
         span_mask[r, 0] = True  # [CLS]: "not in this window"
     batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "token_type_ids": torch.from_numpy(token_type_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "span_mask": torch.from_numpy(span_mask),
-        "can_begin": torch.from_numpy(can_begin),  # context tokens in their max-context window
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "span_mask": span_mask,
+        "can_begin": can_begin,  # context tokens in their max-context window
     }
     if with_labels:
-        batch["begin_gold"] = torch.tensor([w.start_position for w in windows], dtype=torch.long)
-        batch["end_gold"] = torch.tensor([w.end_position for w in windows], dtype=torch.long)
+        batch["begin_gold"] = np.array([w.start_position for w in windows], dtype=np.int64)
+        batch["end_gold"] = np.array([w.end_position for w in windows], dtype=np.int64)
     return batch
 
 

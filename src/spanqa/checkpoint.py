@@ -17,14 +17,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from spanqa.config import ReaderConfig
 from spanqa.default_model import BASE_PACKAGE, base_model_path, default_model_dir
 from spanqa.errors import ModelError
-from spanqa.model import SpanModel, load_encoder, quiet_transformers
 from spanqa.validation import json_error, umask_mode
+
+if TYPE_CHECKING:  # torch and transformers load with the weights, not with this module (see TokenizerJson)
+    import torch
+
+    from spanqa.model import SpanModel
 
 SPANQA_JSON = "spanqa.json"
 HEADS_FILE = "heads.safetensors"
@@ -41,6 +44,8 @@ def head_state(model: SpanModel) -> dict[str, torch.Tensor]:
 def save(model: SpanModel, tokenizer, config: ReaderConfig, path: str | os.PathLike) -> None:
     """Write the spanqa format."""
     from safetensors.torch import save_file
+
+    from spanqa.model import quiet_transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -68,6 +73,8 @@ def load_tensors(file: Path) -> dict[str, torch.Tensor]:
 def _encoder(path: Path, raw: dict):
     """The encoder of a spanqa directory (its own weights, or the fp16 delta); a damaged file is named."""
     from safetensors import SafetensorError
+
+    from spanqa.model import load_encoder
 
     if raw.get("encoder_delta"):
         return load_delta_encoder(path, raw)
@@ -119,10 +126,11 @@ def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, Read
         if is_hf_qa_dir(path):
             return load_hf_qa(path)
         raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
-    raw = read_spanqa_json(meta)
-    config = ReaderConfig.from_dict(raw, str(meta))
+    raw, config = read_meta(path)
     try:
         from transformers import AutoTokenizer
+
+        from spanqa.model import SpanModel
 
         encoder = _encoder(path, raw)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
@@ -151,6 +159,8 @@ def base_fingerprint(base_dir: str) -> str:
 
 def _encoder_delta(model: SpanModel, base_dir: str) -> dict[str, torch.Tensor]:
     """fp16 (trained - round_fp16(base)) for the weights training changed."""
+    from spanqa.model import load_encoder
+
     base = load_encoder(base_dir).state_dict()
     delta = {}
     for k, v in model.encoder.state_dict().items():
@@ -201,6 +211,10 @@ def pack_delta(model: SpanModel, config: ReaderConfig, out_dir: str | Path, base
 
 def load_delta_encoder(path: Path, meta: dict):
     """The encoder of a delta-packed model: round_fp16(packaged base) + delta."""
+    import torch
+
+    from spanqa.model import load_encoder
+
     info = meta["encoder_delta"]
     base_dir = base_model_path()
     want = info.get("base_sha256")
@@ -225,6 +239,74 @@ def tokenizer_source(path: Path, meta: dict) -> str:
     if meta.get("encoder_delta") and not (Path(path) / "tokenizer_config.json").exists():
         return base_model_path()
     return str(path)
+
+
+def read_meta(path: Path) -> tuple[dict, ReaderConfig]:
+    """spanqa.json of a saved reader: as read, and as a ReaderConfig."""
+    meta = Path(path) / SPANQA_JSON
+    raw = read_spanqa_json(meta)
+    return raw, ReaderConfig.from_dict(raw, str(meta))
+
+
+# ---- what a start from a cached ONNX graph reads: no torch, no transformers ------------------------------------------
+def inference_files(path: str | os.PathLike | None) -> list[Path] | None:
+    """The files a saved reader's network and tokenizer come from: their sizes and modification times key its cached
+    ONNX graph (spanqa.engines.recall). None for a directory that is not in the spanqa format."""
+    path = Path(path) if path is not None else default_model_dir()
+    try:
+        raw, _ = read_meta(path)
+    except (OSError, ModelError):
+        return None
+    if raw.get("encoder_delta"):
+        base = Path(base_model_path())
+        weights = [path / name for name in raw["encoder_delta"].get("files", [])]
+        weights += [base / "config.json", base / "model.safetensors"]
+    else:
+        weights = [path / "config.json", *sorted(path.glob("model*.safetensors"))]
+    return [path / SPANQA_JSON, path / HEADS_FILE, *weights, Path(tokenizer_source(path, raw)) / "tokenizer.json"]
+
+
+class TokenizerJson:
+    """A fast tokenizer read from its tokenizer.json with `tokenizers` alone (about 0.05 s, where importing
+    transformers takes seconds): what inference needs of a transformers tokenizer, i.e. the backend that
+    spanqa.formatting drives, the pad id and the length limit. Used only where a full load has checked that
+    transformers builds the very same backend from this directory (Reader.load)."""
+
+    FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+             "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+
+    def __init__(self, directory: str | os.PathLike, pad_token_id: int | None, model_max_length: int | None):
+        from tokenizers import Tokenizer
+
+        self.directory = Path(directory)
+        self.backend_tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self.pad_token_id, self.model_max_length = pad_token_id, model_max_length
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """The tokenizer files it was read from, copied as they are (what transformers read, and would write)."""
+        import shutil
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for name in self.FILES:
+            if (self.directory / name).exists():
+                shutil.copyfile(self.directory / name, Path(path) / name)
+
+
+def same_backend(tokenizer, directory: str | os.PathLike) -> bool:
+    """Whether `directory`'s tokenizer.json, read alone, tokenizes as `tokenizer` (a transformers fast tokenizer,
+    which may have rewritten its normaliser from tokenizer_config.json)."""
+    from tokenizers import Tokenizer
+
+    def settings(tok) -> dict:
+        d = json.loads(tok.to_str())
+        return {k: v for k, v in d.items() if k not in ("truncation", "padding")}
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        return backend is not None and settings(backend) == settings(
+            Tokenizer.from_file(str(Path(directory) / "tokenizer.json")))
+    except Exception:  # no tokenizer.json, or one `tokenizers` cannot read: no fast start for this model
+        return False
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ surest the answer is inside it). With no-answer enabled, the reader answers "no 
 log(null) - log(best span) > null_threshold, a number stored with the model.
 
 The search is exact and vectorised: for every begin i we lay out the band of ends i..i+L-1 as a
-(windows, T, L) tensor, so all T·L candidate spans are scored at once; no top-20 × top-20 shortcut.
+(windows, T, L) array, so all T·L candidate spans are scored at once; no top-20 × top-20 shortcut.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from spanqa.config import DecodeConfig
 
@@ -41,37 +40,41 @@ class SpanCandidate:
         return {"text": self.text, "start": self.start, "end": self.end, "score": self.score}
 
 
-def log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the unmasked positions (masked ones hold the dtype's minimum and get ~0 mass)."""
-    return torch.log_softmax(logits.float(), dim=-1)
+def log_probs(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis, in float32 (masked positions hold float32's minimum and get ~0 mass)."""
+    x = np.asarray(logits, dtype=np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def best_spans(
-    begin_lp: torch.Tensor,
-    end_lp: torch.Tensor,
-    can_begin: torch.Tensor,
-    can_end: torch.Tensor,
+    begin_lp: np.ndarray,
+    end_lp: np.ndarray,
+    can_begin: np.ndarray,
+    can_end: np.ndarray,
     max_answer_len: int,
     k: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k spans per window by begin_lp[i] + end_lp[j], over i <= j < i + max_answer_len.
 
-    Inputs are (W, T); returns (scores, begins, ends), each (W, k), with -inf scores where fewer than k
+    Inputs are (W, T); returns (scores, begins, ends), each (W, k), best first, with -inf scores where fewer than k
     valid spans exist.
     """
-    W, T = begin_lp.shape
+    W, T = np.shape(begin_lp)
     L = max(1, min(max_answer_len, T))
-    neg = float("-inf")
-    b = begin_lp.masked_fill(~can_begin, neg)
-    e = end_lp.masked_fill(~can_end, neg)
-    e_pad = torch.nn.functional.pad(e, (0, L - 1), value=neg)  # (W, T+L-1)
-    band = b.unsqueeze(-1) + e_pad.unfold(-1, L, 1)  # (W, T, L): span (i, i+d)
+    b = np.where(can_begin, begin_lp, -np.inf).astype(np.float32)
+    e = np.where(can_end, end_lp, -np.inf).astype(np.float32)
+    e_pad = np.concatenate([e, np.full((W, L - 1), -np.inf, np.float32)], axis=1)  # (W, T+L-1)
+    band = b[:, :, None] + np.lib.stride_tricks.sliding_window_view(e_pad, L, axis=1)  # (W, T, L): span (i, i+d)
     flat = band.reshape(W, T * L)
     k = min(k, T * L)
-    scores, idx = flat.topk(k, dim=-1)
+    top = np.argpartition(flat, T * L - k, axis=1)[:, T * L - k :]  # the k best, unordered
+    top_scores = np.take_along_axis(flat, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    idx = np.take_along_axis(top, order, axis=1)
+    scores = np.take_along_axis(top_scores, order, axis=1)
     begins = idx // L
-    ends = begins + idx % L
-    return scores, begins, ends
+    return scores, begins, begins + idx % L
 
 
 def merge_spans(

@@ -5,10 +5,12 @@
                 (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu)
     onnx-int8   the same graph with dynamic int8 quantisation of its MatMuls and Attention
 
-Every engine returns the same thing: unmasked begin and end logits, masked here with the batch's span mask, so
-batching and decoding are shared. An ONNX graph is built on first use and cached under `$SPANQA_CACHE` (default
-`~/.cache/spanqa`), in a directory named by a hash of the weights and the tool versions: a later load only opens
-the file, and retrained weights never meet a stale graph.
+Every engine takes a collated batch of numpy arrays and returns the same thing, masked begin and end logits as numpy
+arrays, so batching and decoding are shared. An ONNX graph is built on first use and cached under `$SPANQA_CACHE`
+(default `~/.cache/spanqa`), in a directory named by a hash of the weights and the tool versions, so retrained weights
+never meet a stale graph. The full load that finds or builds it also indexes it under the model files' paths, sizes
+and modification times (`remember`); the next start finds it with a stat of those files (`recall`) and runs without
+torch or transformers (spanqa.reader's `Reader.load`): the weights are hashed again only when a file changes.
 
 Two details decide whether ORT's optimizer can fuse attention: the graph is exported from the encoder's *eager*
 attention (SDPA exports as a pattern the fuser does not know), and quantising the fused graph needs
@@ -22,17 +24,22 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+import numpy as np
 
 from spanqa.config import ENGINES
 from spanqa.errors import ConfigError, ModelError
-from spanqa.model import SpanModel, mask_logits, without_pooler
 from spanqa.validation import umask_mode
+
+if TYPE_CHECKING:  # torch loads with the torch engine or an export, never for a cached graph (see recall)
+    import torch
+
+    from spanqa.model import SpanModel
 
 GRAPH_FILE = "model.onnx"
 EXPORT_JSON = "export.json"
@@ -54,11 +61,12 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
-    """The engine `engine` names on `device`: `auto` is CPU_ENGINE on a CPU, torch elsewhere."""
+def resolve_engine(engine: str, device_type: str) -> str:
+    """The engine `engine` names on a device of `device_type` ("cpu", "cuda"): `auto` is CPU_ENGINE on a CPU, torch
+    elsewhere."""
     if check_engine(engine) != "auto":
         return engine
-    return CPU_ENGINE if device.type == "cpu" else "torch"
+    return CPU_ENGINE if device_type == "cpu" else "torch"
 
 
 def need_onnx() -> None:
@@ -71,14 +79,33 @@ def need_onnx() -> None:
 
 
 # ---- the runtime ---------------------------------------------------------------------------------------------------
+class TorchEngine:
+    """The SpanModel in PyTorch on the model's device (bf16 autocast on a GPU); numpy in, numpy out."""
+
+    def __init__(self, model: SpanModel):
+        self.model = model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        dev = next(self.model.parameters()).device
+        args = (torch.from_numpy(batch[k]).to(dev) for k in ("input_ids", "attention_mask", "span_mask",
+                                                              "token_type_ids"))
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            begin, end = self.model(*args)
+        return begin.float().cpu().numpy(), end.float().cpu().numpy()
+
+
 class OnnxEngine:
-    """An ONNX Runtime session on the CPU, fed the collated batch's numpy views."""
+    """An ONNX Runtime session on the CPU, fed the collated batch's numpy arrays."""
 
     def __init__(self, graph: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
+        if threads is None and "torch" in sys.modules:  # the same threads as the torch engine (set_num_threads)
+            threads = sys.modules["torch"].get_num_threads()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()  # the same threads as the torch engine
+        so.intra_op_num_threads = threads or 0  # 0: ORT's default, one per physical core (as torch's default)
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
@@ -89,19 +116,20 @@ class OnnxEngine:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.graph = Path(graph)
 
-    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds = {name: batch[name].numpy() for name in self.inputs}
-        begin, end = self.session.run(None, feeds)
-        span = batch["span_mask"]
-        return mask_logits(torch.from_numpy(begin), span), mask_logits(torch.from_numpy(end), span)
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        begin, end = self.session.run(None, {name: batch[name] for name in self.inputs})
+        masked = np.finfo(np.float32).min  # as SpanModel masks: non-span positions (but [CLS]) get ~0 mass
+        return np.where(batch["span_mask"], begin, masked), np.where(batch["span_mask"], end, masked)
+
+
+Engine = TorchEngine | OnnxEngine  # a collated batch -> masked (begin, end) logits, numpy (B, T)
 
 
 def load_engine(kind: str, model: SpanModel, cache_dir: str | Path | None = None,
-                threads: int | None = None) -> OnnxEngine | None:
-    """The engine for `kind`: None for torch (the reader runs its model), else a session on the cached graph."""
-    check_engine(kind)
-    if kind == "torch":
-        return None
+                threads: int | None = None) -> Engine:
+    """The engine for `kind` (not auto: see resolve_engine); an ONNX one opens the cached graph, built on first use."""
+    if check_engine(kind) == "torch":
+        return TorchEngine(model)
     return OnnxEngine(cached_graph(model, int8=kind == "onnx-int8", cache_dir=cache_dir) / GRAPH_FILE, threads)
 
 
@@ -116,6 +144,8 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def weights_hash(model: SpanModel) -> str:
     """sha256 of the encoder config, the head config and every weight: the identity of a graph's source."""
+    import torch
+
     h = hashlib.sha256()
     h.update(model.encoder.config.to_json_string(use_diff=False).encode())
     h.update(json.dumps(model.head_config_dict(), sort_keys=True).encode())
@@ -129,7 +159,7 @@ def weights_hash(model: SpanModel) -> str:
 def _versions() -> dict:
     from importlib.metadata import version  # not `import onnx`: a cache hit should not pay for it
 
-    return {"onnxruntime": version("onnxruntime"), "onnx": version("onnx"), "torch": torch.__version__,
+    return {"onnxruntime": version("onnxruntime"), "onnx": version("onnx"), "torch": version("torch"),
             "transformers": version("transformers"), "export_format": EXPORT_FORMAT}
 
 
@@ -155,28 +185,68 @@ def cached_graph(model: SpanModel, int8: bool, cache_dir: str | Path | None = No
     return final
 
 
+# ---- the index: model files -> graph, without hashing the weights ---------------------------------------------------
+def _files_key(files: list[Path], int8: bool) -> str:
+    """The identity of a model's files as the file system tells it (path, size, modification time), with the tool
+    versions: a stat per file, where hashing the weights reads them all."""
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps([stats, _versions(), int8], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def recall(files: list[Path], int8: bool, cache_dir: str | Path | None = None) -> dict | None:
+    """What a full load of these model files left in the index (see remember): the graph directory, the tokenizer
+    directory and its pad id and length limit; None when the files changed since, or were never loaded."""
+    try:
+        entry = cache_root(cache_dir) / "index" / f"{_files_key(files, int8)}.json"
+        meta = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        return None
+    graph = cache_root(cache_dir) / "engines" / str(meta.get("graph"))
+    return {**meta, "graph": graph} if (graph / EXPORT_JSON).exists() else None
+
+
+def remember(files: list[Path], int8: bool, graph: Path, extra: dict, cache_dir: str | Path | None = None) -> None:
+    """Index `graph` (a directory of cached_graph) under these model files, so the next start finds it with a stat."""
+    try:
+        index = cache_root(cache_dir) / "index"
+        index.mkdir(parents=True, exist_ok=True)
+        entry = index / f"{_files_key(files, int8)}.json"
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"graph": Path(graph).name, **extra}))
+        os.replace(tmp, entry)  # atomic: a reader sees the old entry or the new one
+    except OSError:  # a missing file, a read-only cache: the next start takes the full path again, nothing worse
+        pass
+
+
 # ---- export ---------------------------------------------------------------------------------------------------------
-class _Logits(nn.Module):
+def _logits_module(model: SpanModel, encoder: torch.nn.Module) -> torch.nn.Module:
     """The exported function: token ids -> unmasked (begin, end) logits. Masking stays in Python, for all engines."""
+    from torch import nn
 
-    def __init__(self, model: SpanModel, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.begin_head = copy.deepcopy(model.begin_head).cpu().float()  # the reader may live on a GPU
-        self.end_head = copy.deepcopy(model.end_head).cpu().float()
-        self.uses_token_types = model._uses_token_types
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.begin_head = copy.deepcopy(model.begin_head).cpu().float()  # the reader may live on a GPU
+            self.end_head = copy.deepcopy(model.end_head).cpu().float()
+            self.uses_token_types = model._uses_token_types
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.uses_token_types:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
-        return self.begin_head(hidden).float(), self.end_head(hidden).float()
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self.uses_token_types:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**kwargs).last_hidden_state
+            return self.begin_head(hidden).float(), self.end_head(hidden).float()
+
+    return Logits()
 
 
-def eager_copy(encoder: nn.Module) -> nn.Module:
+def eager_copy(encoder: torch.nn.Module) -> torch.nn.Module:
     """The same encoder with eager attention: ORT fuses its MatMul-Softmax-MatMul pattern, not SDPA's."""
     from transformers import AutoModel
+
+    from spanqa.model import without_pooler
 
     eager = without_pooler(AutoModel.from_config, encoder.config, attn_implementation="eager")
     result = eager.load_state_dict(encoder.state_dict(), strict=False)
@@ -192,12 +262,13 @@ def export_onnx(model: SpanModel, out: str | Path, int8: bool = False, opset: in
     latter."""
     need_onnx()
     import onnx
+    import torch
     from onnxruntime.transformers.optimizer import optimize_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.encoder.config
-    module = _Logits(model, eager_copy(model.encoder)).eval()
+    module = _logits_module(model, eager_copy(model.encoder)).eval()
     ids = torch.full((2, 16), 1000, dtype=torch.long)
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "begin_logits", "end_logits")}

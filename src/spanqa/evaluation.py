@@ -24,6 +24,7 @@ import numpy as np
 from spanqa.calibration import Calibration, best_threshold, ece, features, fit, reliability_diagram
 from spanqa.data import Dataset, Example
 from spanqa.errors import DataError
+from spanqa.formatting import tokenize
 from spanqa.metric import compute_exact, compute_f1, evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
 from spanqa.validation import check_output
@@ -40,16 +41,16 @@ def head_diagnostics(tokenizer, examples: Sequence[Example], preds: Sequence[Pre
     pairs = [(ex, p) for ex, p in zip(examples, preds, strict=True) if ex.answers]
     if not pairs:
         return {}
-    enc = tokenizer([ex.context for ex, _ in pairs], add_special_tokens=False, return_offsets_mapping=True)
+    contexts = tokenize(tokenizer, [ex.context for ex, _ in pairs])
     n = len(pairs)
     b_ok = e_ok = both = end_only = begin_only = 0
     b_dist: list[int] = []
     e_dist: list[int] = []
-    for (ex, p), offs in zip(pairs, enc["offset_mapping"], strict=True):
+    for (ex, p), (_, offs) in zip(pairs, contexts, strict=True):
         best = p.best
-        if best is None or p.no_answer or not offs:
+        if best is None or p.no_answer or not len(offs):
             continue
-        ends = np.asarray([o[1] for o in offs])
+        ends = offs[:, 1]
         pb, pe = _token_index(ends, best.start), _token_index(ends, best.end - 1)
         gold = [(_token_index(ends, a.start), _token_index(ends, a.end - 1)) for a in ex.answers]
         bo = any(gb == pb for gb, _ in gold)

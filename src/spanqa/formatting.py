@@ -49,8 +49,20 @@ class Window:
         return len(self.input_ids)
 
 
+def backend(tokenizer):
+    """The `tokenizers.Tokenizer` that does the work: a Hugging Face fast tokenizer's own, or one read straight from
+    tokenizer.json (spanqa.checkpoint.TokenizerJson, which keeps transformers out of a cached ONNX start). Whole
+    texts, always: a truncation or padding left set by another caller is switched off, as transformers does."""
+    tok = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if tok.truncation is not None:
+        tok.no_truncation()
+    if tok.padding is not None:
+        tok.no_padding()
+    return tok
+
+
 def special_token_count(tokenizer) -> int:
-    return tokenizer.num_special_tokens_to_add(pair=True)
+    return backend(tokenizer).num_special_tokens_to_add(True)
 
 
 def check_settings(cfg: FormatConfig, tokenizer, max_positions: int | None = None) -> None:
@@ -107,10 +119,10 @@ class PairTemplate:
 
 def pair_template(tokenizer) -> PairTemplate:
     """Read the template off the tokenizer's own encoding of a short pair, so any BERT/RoBERTa-style one works."""
-    enc = tokenizer("a", "b", return_token_type_ids=True)
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    types = np.asarray(enc.get("token_type_ids") or [0] * len(ids), dtype=np.int64)
-    seq = enc.sequence_ids(0)
+    enc = backend(tokenizer).encode("a", "b")
+    ids = np.asarray(enc.ids, dtype=np.int64)
+    types = np.asarray(enc.type_ids or [0] * len(ids), dtype=np.int64)
+    seq = enc.sequence_ids
     q = [i for i, s in enumerate(seq) if s == 0]
     c = [i for i, s in enumerate(seq) if s == 1]
     parts = [slice(0, q[0]), slice(q[-1] + 1, c[0]), slice(c[-1] + 1, len(ids))]
@@ -147,7 +159,7 @@ def max_context(starts: Sequence[int], n_ctx: int, room: int, step: int, k: int)
     return owner == k
 
 
-def _tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, character offsets) of each text, without special tokens and without truncation.
 
     Short texts go in one tokenizer call. A long one goes in pieces of about PIECE_CHARS characters, cut where a
@@ -171,10 +183,8 @@ def _tokenize(tokenizer, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndar
 
 
 def _encode(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
-                    return_token_type_ids=False, verbose=False)
-    return [(np.asarray(ids, dtype=np.int32), np.asarray(offs, dtype=np.int32).reshape(-1, 2))
-            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
+    return [(np.asarray(e.ids, dtype=np.int32), np.asarray(e.offsets, dtype=np.int32).reshape(-1, 2))
+            for e in backend(tokenizer).encode_batch(texts, add_special_tokens=False)]
 
 
 def _pieces(text: str) -> list[tuple[int, int]]:
@@ -221,8 +231,8 @@ def iter_windows(
         unique: dict[str, int] = {}
         for c in contexts[lo:hi]:
             unique.setdefault(c, len(unique))
-        tokenized = _tokenize(tokenizer, list(unique))
-        q_ids = [ids for ids, _ in _tokenize(tokenizer, questions[lo:hi])]
+        tokenized = tokenize(tokenizer, list(unique))
+        q_ids = [ids for ids, _ in tokenize(tokenizer, questions[lo:hi])]
         for ex in range(lo, hi):
             q = q_ids[ex - lo]
             if len(q) > cfg.max_question_len:

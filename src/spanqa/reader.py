@@ -12,19 +12,25 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from spanqa import calibration, checkpoint
 from spanqa.calibration import Calibration
 from spanqa.config import DEVICES_HELP, ENGINES, ReaderConfig
 from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
+from spanqa.default_model import default_model_dir
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows, pair_template
-from spanqa.model import SpanModel, encoder_max_positions, load_encoder
 from spanqa.scoring import PassSettings, ScoredWindow, TokenProbs, score_windows
 from spanqa.validation import Invalid, check_text
+
+if TYPE_CHECKING:  # a reader started from a cached ONNX graph never imports torch (see Reader.load)
+    import torch
+
+    from spanqa.model import SpanModel
 
 __all__ = ["Prediction", "Reader", "ReaderConfig", "resolve_device"]
 
@@ -63,6 +69,8 @@ PROGRESS_DELAY_S = 1.0  # a progress bar shows only for work that takes longer t
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device `--device` names, or a ConfigError: unknown names, and devices this machine lacks (a CUDA
     device with a CPU-only torch, a GPU index past the last), are refused here, once, before any model loads."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -98,6 +106,19 @@ def _ticks(scored: Iterable[ScoredWindow], bar) -> Iterator[ScoredWindow]:
         yield sw
 
 
+def gpu_possible() -> bool:
+    """Whether device `auto` could find a GPU; answered without importing torch (over a second) where it is plainly
+    no: a CPU-only torch build, or a machine without an NVIDIA, AMD or WSL GPU driver."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        if version("torch").endswith("+cpu"):
+            return False
+    except PackageNotFoundError:
+        return False
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg"))
+
+
 def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: int) -> None:
     """Refuse what the reader cannot answer, with one line that names it."""
     for name, values in (("question", questions), ("context", contexts)):
@@ -121,8 +142,12 @@ class Reader:
     chunk_windows = 1024  # windows formatted and scored at a time: memory stays bounded for any context length
     max_batch_tokens = 4096  # padded tokens per inference batch, whatever batch_size says
 
+    _path: str | os.PathLike | None = None  # where a reader started from a cached graph loads its torch model from
+
     def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None,
                  engine: str = "torch"):
+        from spanqa.model import encoder_max_positions
+
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -132,12 +157,34 @@ class Reader:
         self._template = pair_template(tokenizer)
         self.set_engine(engine)
 
+    @property
+    def model(self) -> SpanModel:
+        """The network in torch; a reader started from a cached ONNX graph loads it on first use (to save, export,
+        train or switch engines), never to answer."""
+        if self._model is None:
+            self._model = checkpoint.load(self._path)[0].to(self.device).eval()
+        return self._model
+
+    @model.setter
+    def model(self, model: SpanModel) -> None:
+        self._model = model
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:  # a reader started from a cached ONNX graph runs on the CPU
+            self._device = resolve_device("cpu")
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        self._device = device
+
     def set_engine(self, engine: str = "torch", cache_dir: str | None = None) -> Reader:
         """Run the network with `engine` (one of config.ENGINES; `auto` is resolved for this reader's device); ONNX
         graphs are built once and cached."""
         from spanqa.engines import load_engine, resolve_engine
 
-        engine = resolve_engine(engine, self.device)
+        engine = resolve_engine(engine, self.device.type)
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine} runs on the CPU; use device cpu (or the torch engine on {self.device})")
         self.engine_name = engine
@@ -149,6 +196,8 @@ class Reader:
     def from_base(cls, base: str, config: ReaderConfig = ReaderConfig(), device: str | None = None) -> Reader:
         """A new reader with fresh heads on a pretrained encoder (local directory or hub id)."""
         from transformers import AutoTokenizer
+
+        from spanqa.model import SpanModel, load_encoder
 
         resolve_device(device)
         try:
@@ -165,9 +214,49 @@ class Reader:
         on this device, see spanqa.engines.CPU_ENGINE)."""
         if engine not in ENGINES:
             raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        resolve_device(device)  # before the model loads: a device this machine lacks is refused at once
-        model, tokenizer, config = checkpoint.load(path)
-        return cls(model, tokenizer, config, device, engine)
+        if device not in (None, "auto", "cpu"):  # the fast start never needs torch for these
+            resolve_device(device)  # before the model loads: a device this machine lacks is refused at once
+        reader = cls._from_cache(path, device, engine)
+        if reader is None:
+            model, tokenizer, config = checkpoint.load(path)
+            reader = cls(model, tokenizer, config, device, engine)
+            reader._remember(path)
+        return reader
+
+    @classmethod
+    def _from_cache(cls, path: str | os.PathLike | None, device: str | None, engine: str) -> Reader | None:
+        """The fast start: on a CPU, with an ONNX engine, a saved reader whose files are unchanged since a full load
+        indexed their graph (spanqa.engines.recall) starts from the graph, spanqa.json and tokenizer.json alone,
+        without torch or transformers. None where that does not hold: the caller loads in full."""
+        from spanqa.engines import GRAPH_FILE, OnnxEngine, recall, resolve_engine
+
+        if not (device == "cpu" or (device in (None, "auto") and not gpu_possible())):
+            return None
+        kind = resolve_engine(engine, "cpu")
+        files = checkpoint.inference_files(path) if kind != "torch" else None
+        hit = recall(files, int8=kind == "onnx-int8") if files else None
+        if hit is None:
+            return None
+        reader = cls.__new__(cls)  # a Reader whose torch model and device come on first use (the properties above)
+        reader._model, reader._device, reader._path = None, None, path
+        reader.tokenizer = checkpoint.TokenizerJson(hit["tokenizer"], hit["pad_token_id"], hit["model_max_length"])
+        reader.config = checkpoint.read_meta(Path(path) if path is not None else default_model_dir())[1]
+        reader._template = pair_template(reader.tokenizer)
+        reader.engine_name, reader.engine = kind, OnnxEngine(hit["graph"] / GRAPH_FILE)
+        return reader
+
+    def _remember(self, path: str | os.PathLike | None) -> None:
+        """After a full load with an ONNX engine: index its graph under the model's files, for _from_cache."""
+        from spanqa.engines import OnnxEngine, remember
+
+        files = checkpoint.inference_files(path)
+        if not isinstance(self.engine, OnnxEngine) or not files:
+            return
+        tokenizer_dir = files[-1].parent
+        if checkpoint.same_backend(self.tokenizer, tokenizer_dir):
+            remember(files, self.engine_name == "onnx-int8", self.engine.graph.parent,
+                     {"tokenizer": str(tokenizer_dir), "pad_token_id": self.tokenizer.pad_token_id,
+                      "model_max_length": getattr(self.tokenizer, "model_max_length", None)})
 
     def save(self, path: str | os.PathLike) -> None:
         checkpoint.save(self.model, self.tokenizer, self.config, path)
@@ -241,15 +330,6 @@ class Reader:
     def _calibration(self) -> Calibration | None:
         return Calibration.from_dict(self.config.calibration) if self.config.calibration else None
 
-    def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one place the network runs: masked begin and end logits of a collated batch."""
-        if self.engine is not None:
-            return self.engine(batch)
-        dev = self.device
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            return self.model(
-                batch["input_ids"].to(dev),
-                batch["attention_mask"].to(dev),
-                batch["span_mask"].to(dev),
-                batch["token_type_ids"].to(dev),
-            )
+    def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The one place the network runs: masked begin and end logits (numpy, (B, T)) of a collated batch."""
+        return self.engine(batch)

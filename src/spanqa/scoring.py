@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from spanqa.batching import collate, token_budget_batches
 from spanqa.decoding import best_spans, log_probs
 from spanqa.formatting import Window
 
-Logits = Callable[[dict], tuple[torch.Tensor, torch.Tensor]]
+Logits = Callable[[dict], tuple[np.ndarray, np.ndarray]]  # a collated batch -> masked (begin, end) logits, (B, T)
 
 
 @dataclass
@@ -107,18 +106,16 @@ def score_windows(logits: Logits, windows: Iterable[Window], s: PassSettings) ->
         yield from results
 
 
-@torch.inference_mode()
 def _score_batch(logits: Logits, windows: list[Window], s: PassSettings) -> list[ScoredWindow]:
     batch = collate(windows, s.pad_id)
     lb, le = logits(batch)
     blp, elp = log_probs(lb), log_probs(le)
-    can_end = batch["span_mask"].to(blp.device).clone()
+    can_end = batch["span_mask"].copy()
     can_end[:, 0] = False
-    scores, begins, ends = (t.cpu().numpy() for t in best_spans(
-        blp, elp, batch["can_begin"].to(blp.device), can_end, s.max_answer_len, s.top_k))
-    null = (blp[:, 0] + elp[:, 0]).cpu().numpy()
+    scores, begins, ends = best_spans(blp, elp, batch["can_begin"], can_end, s.max_answer_len, s.top_k)
+    null = blp[:, 0] + elp[:, 0]
     if s.probabilities:
-        pb, pe = blp.exp().cpu().numpy(), elp.exp().cpu().numpy()
+        pb, pe = np.exp(blp), np.exp(elp)
     out = []
     for r, w in enumerate(windows):
         last = len(w) - 1  # slots with score -inf (fewer valid spans than k) may point into the padding

@@ -225,7 +225,7 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     passes = forward_passes(run, group)
     for m, (mine, weight) in enumerate(passes):
         batch = collate([run.windows[i] for i in mine], pad, with_labels=True)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
         last = m == len(passes) - 1  # DDP all-reduces the gradients once, after the last forward pass
         with run.net.no_sync() if env.active and not last else nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
