@@ -34,3 +34,19 @@ def write_json(name: str, record: dict) -> Path:
     path = OUT / name
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def linear_twin(out: Path, env: dict, run) -> tuple[Path, Path]:
+    """The default model's linear-head twin (linear_heads.py), as a spanqa reader and exported to HF format, made on
+    first use under `out`; `run(cmd, env)` runs each step (the caller's way of reporting a failed step)."""
+    import sys
+
+    linear, hf_dir = out / "linear-reader", out / "linear-hf"
+    if not (linear / "spanqa.json").exists():
+        print("building the linear-head twin of the default model (benchmarks/linear_heads.py)", flush=True)
+        run([sys.executable, str(Path(__file__).resolve().parent / "linear_heads.py"), "--train", str(TRAIN_V11),
+             "--out", str(linear)], env)
+    if not (hf_dir / "config.json").exists():
+        run([sys.executable, "-m", "spanqa", "export", "--model", str(linear), "--format", "hf", "--out",
+             str(hf_dir)], env)
+    return linear, hf_dir

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import DEV_V11, OUT, TRAIN_V11, versions, write_json  # noqa: E402
+from common import DEV_V11, OUT, TRAIN_V11, linear_twin, versions, write_json  # noqa: E402
 
 from spanqa.ask import Index  # noqa: E402
 from spanqa.metric import evaluate_v1, normalize_answer  # noqa: E402
@@ -164,14 +164,7 @@ def haystack_python() -> Path:
 
 def linear_twin_hf(env: dict) -> Path:
     """The default model's linear-head twin (benchmarks/linear_heads.py) in HF format, made on first use."""
-    linear, hf_dir = OUT / "linear-reader", OUT / "linear-hf"
-    if not (linear / "spanqa.json").exists():
-        print("building the linear-head twin of the default model (benchmarks/linear_heads.py)", flush=True)
-        run_step([sys.executable, str(HERE / "linear_heads.py"), "--train", str(TRAIN_V11), "--out", str(linear)], env)
-    if not (hf_dir / "config.json").exists():
-        run_step([sys.executable, "-m", "spanqa", "export", "--model", str(linear), "--format", "hf", "--out",
-                  str(hf_dir)], env)
-    return hf_dir
+    return linear_twin(OUT, env, run_step)[1]
 
 
 def run_haystack(args, index: Index, questions: list[dict], ks: list[int], env: dict) -> dict:

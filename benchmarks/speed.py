@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import DEV_V11 as DEV  # noqa: E402
-from common import TRAIN_V11 as TRAIN  # noqa: E402
+from common import linear_twin  # noqa: E402
 
 from spanqa.config import ENGINES  # noqa: E402
 from spanqa.perf import cpu_info, encoder_matmul_flops, matmul_ceiling  # noqa: E402
@@ -237,13 +237,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "SPANQA_CACHE": os.environ.get("SPANQA_CACHE", str(out / "engine-cache"))}
-    linear, hf_dir = out / "linear-reader", out / "linear-hf"
-    if not (linear / "spanqa.json").exists():
-        print("building the linear-head twin of the default model (benchmarks/linear_heads.py)", flush=True)
-        run_child([sys.executable, str(HERE / "linear_heads.py"), "--train", str(TRAIN), "--out", str(linear)], env)
-    if not (hf_dir / "config.json").exists():
-        run_child([sys.executable, "-m", "spanqa", "export", "--model", str(linear), "--format", "hf", "--out",
-                   str(hf_dir)], env)
+    linear, hf_dir = linear_twin(out, env, run_child)
     torch.set_num_threads(args.threads)
     reader = Reader.load(linear, engine="torch")
     inputs = write_inputs(args, reader)

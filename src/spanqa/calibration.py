@@ -64,8 +64,8 @@ def sigmoid(z):
 
 
 # ---- features -----------------------------------------------------------------------------------------------------
-def _content(text: str) -> set[str]:
-    return {t for t in normalize_answer(text).split() if t not in _STOP}
+def _content(text: str, normalized: str | None = None) -> set[str]:
+    return {t for t in (normalized if normalized is not None else normalize_answer(text)).split() if t not in _STOP}
 
 
 def _sentence_around(context: str, start: int, end: int) -> str:
@@ -78,9 +78,10 @@ def features(question: str, context: str, na_score: float, best_log_score: float
              span: tuple[int, int] | None) -> list[float]:
     """The verifier's view of one question (see FEATURES): what the reader says, and how the context covers it."""
     q = _content(question)
-    ctx = _content(context)
-    ctx_norm = f" {normalize_answer(context)} "
-    missing = sum(f" {normalize_answer(e)} " not in ctx_norm for e in _ENTITY.findall(question) if normalize_answer(e))
+    norm = normalize_answer(context)
+    ctx, ctx_norm = _content(context, norm), f" {norm} "
+    entities = [n for n in map(normalize_answer, _ENTITY.findall(question)) if n]
+    missing = sum(f" {n} " not in ctx_norm for n in entities)
     sent = _content(_sentence_around(context, *span)) if span else set()
     clip = lambda v: max(min(v, 50.0), -50.0)  # noqa: E731  (log scores of -inf: no span, no null)
     return [clip(na_score), clip(best_log_score), len(q & ctx) / max(len(q), 1), float(min(missing, 3)),

@@ -87,6 +87,12 @@ def top1(example: Example, pred: Prediction, v2: bool) -> tuple[str, float, bool
     return text, pred.best.score if pred.best else 0.0, max(compute_exact(g, text) for g in golds) == 1
 
 
+def null_odds(examples: Sequence[Example], preds: Sequence[Prediction]) -> dict:
+    """id -> how sure the reader is there is no answer: P(unanswerable) when calibrated, else the null's log-odds."""
+    return {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
+            for ex, p in zip(examples, preds, strict=True)}
+
+
 def squad_metrics(examples: Sequence[Example], preds: Sequence[Prediction], v2: bool) -> dict:
     """v2.0 data: the official metric with the stored threshold, HasAns/NoAns, and the threshold tuned on this very
     data (`best_f1_optimistic`: an upper bound, not a result). v1.1 data: the best span, and how often the reader
@@ -97,8 +103,7 @@ def squad_metrics(examples: Sequence[Example], preds: Sequence[Prediction], v2: 
     if not v2:
         return {**evaluate_v1(golds, best_text), "abstained_percent": abstained}
     predictions = {ex.id: ("" if p.no_answer else best_text[ex.id]) for ex, p in zip(examples, preds, strict=True)}
-    na = {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
-          for ex, p in zip(examples, preds, strict=True)}
+    na = null_odds(examples, preds)
     official = evaluate_v2(golds, predictions)
     sweep = evaluate_v2(golds, best_text, na_probs=na)
     return {"exact_match": official["exact"], "f1": official["f1"], **official, "abstained_percent": abstained,
@@ -141,8 +146,7 @@ def evaluate(
 def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
     """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png."""
     out.mkdir(parents=True, exist_ok=True)
-    na = {ex.id: p.p_unanswerable if p.p_unanswerable is not None else p.na_score
-          for ex, p in zip(examples, preds, strict=True)}
+    na = null_odds(examples, preds)
     try:
         reliability_diagram([t[1] for t in tops], [t[2] for t in tops], out / "reliability.png",
                             title=Path(str(metrics.get("data", ""))).name)

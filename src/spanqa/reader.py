@@ -318,9 +318,9 @@ class Reader:
             tokens = TokenProbs()
             for n, p in enumerate(parts):
                 tokens.extend(p.tokens, n, context)
-        p_null = None
-        if self._calibration is not None:
-            cands, p_null = calibration.apply(self._calibration, question, context, cands, null_score)
+        p_null, cal = None, self._calibration
+        if cal is not None:
+            cands, p_null = calibration.apply(cal, question, context, cands, null_score)
         # no span at all (a context whose characters the tokenizer drops) is "no answer", whatever the settings
         no_ans = is_no_answer(null_score, cands[0] if cands else None, self.config.decode, p_null)
         return Prediction(cands, no_ans, null_score, [p.window for p in parts if p.window is not None], tokens,
@@ -328,7 +328,12 @@ class Reader:
 
     @property
     def _calibration(self) -> Calibration | None:
-        return Calibration.from_dict(self.config.calibration) if self.config.calibration else None
+        """The stored calibration, parsed once for each config the reader is given (config may be replaced)."""
+        cached = getattr(self, "_calibration_cache", None)
+        if cached is None or cached[0] is not self.config:
+            cal = Calibration.from_dict(self.config.calibration) if self.config.calibration else None
+            self._calibration_cache = cached = (self.config, cal)
+        return cached[1]
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The one place the network runs: masked begin and end logits (numpy, (B, T)) of a collated batch."""
