@@ -12,6 +12,8 @@ span's log-odds against its window's [CLS]; each plus w · BM25.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import random
 import sys
 import time
@@ -23,7 +25,7 @@ from common import DEV_V11, OUT, TRAIN_V11, versions, write_json  # noqa: E402
 
 from spanqa.ask import Index  # noqa: E402
 from spanqa.data import load_dataset  # noqa: E402
-from spanqa.metric import exact_match_v1  # noqa: E402
+from spanqa.metric import exact_match_v1, normalize_answer  # noqa: E402
 from spanqa.reader import Reader  # noqa: E402
 
 KS = (1, 5, 10, 20)
@@ -42,11 +44,26 @@ def read_all(index: Index, questions: list[str]) -> list[list[dict]]:
     return out
 
 
-def exact_match(reads: list[list[dict]], golds: list[list[str]], rule, k: int) -> float:
+def best_answer(spans: list[tuple[float, str]], pooled: bool) -> str:
+    """The best-scored span; pooled: each answer text (normalised) scores log-sum-exp over its places."""
+    if not spans:
+        return ""
+    if not pooled:
+        return max(spans, key=lambda s: s[0])[1]
+    groups: dict[str, list] = {}
+    for score, text in spans:
+        groups.setdefault(normalize_answer(text), []).append((score, text))
+    pooled_scores = {key: math.log(sum(math.exp(s - max(g)[0]) for s, _ in g)) + max(g)[0]
+                     for key, g in groups.items()}
+    key = max(pooled_scores, key=pooled_scores.get)
+    return max(groups[key])[1]
+
+
+def exact_match(reads: list[list[dict]], golds: list[list[str]], rule, k: int, pooled: bool = False) -> float:
     hits = 0
     for passages, gold in zip(reads, golds, strict=True):
         spans = [(rule(ls, p), text) for p in passages[:k] for text, ls in p["spans"]]
-        best = max(spans, key=lambda s: s[0])[1] if spans else ""
+        best = best_answer(spans, pooled)
         hits += max(exact_match_v1(best, g) for g in gold)
     return 100 * hits / len(golds)
 
@@ -55,14 +72,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--questions", type=int, default=350)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--data", default=str(TRAIN_V11), help="questions to ask (answerable ones only); not the dev set")
+    p.add_argument("--model", default=None, help="reader to use (default: the shipped model)")
+    p.add_argument("--reads", default=None, help="a JSON file: reused if it exists, else written (tune offline)")
     args = p.parse_args()
-    train = load_dataset(str(TRAIN_V11)).examples
+    train = [e for e in load_dataset(args.data).examples if e.answers]
     pick = [train[i] for i in sorted(random.Random(args.seed).sample(range(len(train)), args.questions))]
     out = OUT / "rank_score" / "index-all"
     index = Index.build([str(TRAIN_V11), str(DEV_V11)], out)
-    index.reader = Reader.load(device="cpu")
+    index.reader = Reader.load(args.model, device="cpu")
     t = time.perf_counter()
-    reads = read_all(index, [e.question for e in pick])
+    if args.reads and Path(args.reads).exists():
+        reads = json.loads(Path(args.reads).read_text())
+    else:
+        reads = read_all(index, [e.question for e in pick])
+        if args.reads:
+            Path(args.reads).write_text(json.dumps(reads))
     seconds = time.perf_counter() - t
     golds = [[a.text for a in e.answers] for e in pick]
     rules = {"P_begin*P_end": lambda ls, p: ls, "log-odds vs [CLS]": lambda ls, p: ls - p["null"]}
@@ -70,6 +95,9 @@ def main() -> None:
         rules[f"P_begin*P_end + {w} BM25"] = lambda ls, p, w=w: ls + w * p["bm25"]
         rules[f"log-odds vs [CLS] + {w} BM25"] = lambda ls, p, w=w: ls - p["null"] + w * p["bm25"]
     table = {name: {k: exact_match(reads, golds, rule, k) for k in KS} for name, rule in rules.items()}
+    for w in WEIGHTS:
+        rule = rules[f"log-odds vs [CLS] + {w} BM25" if w else "log-odds vs [CLS]"]
+        table[f"pooled log-odds + {w} BM25"] = {k: exact_match(reads, golds, rule, k, pooled=True) for k in KS}
     for name, row in table.items():
         print(f"{name:32s} " + " / ".join(f"{row[k]:5.1f}" for k in KS))
     path = write_json("rank_score.json", {"settings": vars(args), "versions": versions(), "read_seconds": seconds,
