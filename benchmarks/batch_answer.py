@@ -11,7 +11,6 @@ temporary directory (never into git). Prints and writes benchmarks/out/batch_ans
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -22,22 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
-
-
-def write_questions(path: Path, n: int) -> int:
-    data = json.load(gzip.open(DEV, "rt", encoding="utf-8"))["data"]
-    k = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for article in data:
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    if k == n:
-                        return k
-                    f.write(json.dumps({"id": qa["id"], "question": qa["question"], "context": para["context"]},
-                                       ensure_ascii=False) + "\n")
-                    k += 1
-    return k
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEV_V11 as DEV  # noqa: E402
+from common import write_dev_questions as write_questions  # noqa: E402
 
 
 def run(inp: Path, out: Path, args) -> dict:

@@ -29,6 +29,24 @@ def versions() -> dict:
             "cpu": cpu_info()}
 
 
+def write_dev_questions(path: Path, n: int | None = None) -> int:
+    """The first `n` (all: None) dev-v1.1 questions as the JSONL `spanqa answer --input` reads; returns how many."""
+    import gzip
+
+    data = json.load(gzip.open(DEV_V11, "rt", encoding="utf-8"))["data"]
+    k = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for article in data:
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    if k == n:
+                        return k
+                    f.write(json.dumps({"id": qa["id"], "question": qa["question"], "context": para["context"]},
+                                       ensure_ascii=False) + "\n")
+                    k += 1
+    return k
+
+
 def write_json(name: str, record: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name

@@ -8,6 +8,7 @@ the single-process path answers.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -32,18 +33,25 @@ def question(i: int) -> str:
                        "context": CONTEXTS[i % len(CONTEXTS)]}) + "\n"
 
 
-def write_files(folder, sizes, bad: dict | None = None) -> list:
-    """Input files of `sizes` questions each, numbered across files; `bad` {global line index: raw line}."""
+def write_files(folder, sizes, bad: dict | None = None, suffixes=(".jsonl",)) -> tuple[list, str]:
+    """Input files of `sizes` questions each, numbered across files; `bad` {global line index: raw line}; the k-th
+    file ends in suffixes[k] (.jsonl, .jsonl.gz, or .parquet, in row groups of 4, from the lines' JSON)."""
     folder.mkdir(parents=True, exist_ok=True)
     bad, paths, i = bad or {}, [], 0
     for f, n in enumerate(sizes):
-        lines = []
-        for _ in range(n):
-            lines.append(bad.get(i, question(i)))
-            i += 1
-        paths.append(folder / f"part{f}.jsonl")
-        paths[-1].write_text("".join(lines), encoding="utf-8")
-    return paths
+        lines = [bad.get(k, question(k)) for k in range(i, i + n)]
+        i += n
+        suffix = suffixes[f % len(suffixes)]
+        paths.append(folder / f"part{f}{suffix}")
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist([json.loads(line) for line in lines]), paths[-1], row_group_size=4)
+        else:
+            with (gzip.open if suffix.endswith(".gz") else open)(paths[-1], "wt", encoding="utf-8") as fh:
+                fh.write("".join(lines))
+    return paths, "".join(bad.get(k, question(k)) for k in range(i))  # the files, and them as one JSONL
 
 
 def shards_text(out) -> str:
@@ -87,11 +95,11 @@ def single(ray_local, tiny_model_dir, tmp_path_factory):
 def test_one_actor_several_files_and_shards_give_the_single_process_records(single, tiny_model_dir, tmp_path,
                                                                             capsys):
     bad = {9: "{not json\n", 17: question(3)}  # a broken line, and an id used twice (in another file)
-    paths = write_files(tmp_path / "in", [7, 6, 9], bad)
-    want, _ = single("".join(p.read_text() for p in paths), "--chunk", "4", "--skip-invalid")
+    _, text = write_files(tmp_path / "in", [7, 6, 9], bad, suffixes=(".jsonl", ".jsonl.gz", ".parquet"))
+    want, _ = single(text, "--chunk", "4", "--skip-invalid")
     want_stats = json.loads(capsys.readouterr().out)
     out = tmp_path / "out"
-    assert answer("--model", str(tiny_model_dir), "--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(out),
+    assert answer("--model", str(tiny_model_dir), "--input", str(tmp_path / "in" / "part*"), "--output", str(out),
                   "--chunk", "4", "--skip-invalid", "--ray", "--actors", "1", "--json") == 0
     stats = json.loads(capsys.readouterr().out)
     assert shards_text(out) == want  # byte for byte: texts, offsets, scores
@@ -104,8 +112,8 @@ def test_a_killed_actor_is_restarted_and_its_shard_answered_once(single, tiny_mo
                                                                 capsys):
     from spanqa.ray_answer import KILL_ENV
 
-    paths = write_files(tmp_path / "in", [13, 11])
-    want, _ = single("".join(p.read_text() for p in paths), "--chunk", "3")
+    _, text = write_files(tmp_path / "in", [13, 11])
+    want, _ = single(text, "--chunk", "3")
     capsys.readouterr()
     marker, out = tmp_path / "killed", tmp_path / "out"
     monkeypatch.setenv(KILL_ENV, str(marker))  # the first actor to finish a shard SIGKILLs itself before the rename
@@ -140,7 +148,7 @@ def test_a_bad_line_stops_with_the_single_process_words(ray_local, tiny_model_di
 
 
 def test_an_output_that_is_not_its_shards_is_refused(ray_local, tiny_model_dir, tmp_path, capsys):
-    inp = write_files(tmp_path / "in", [3])[0]
+    inp = write_files(tmp_path / "in", [3])[0][0]
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -170,7 +178,7 @@ def test_evaluate_on_ray_gives_the_single_process_metrics(ray_local, tiny_model_
 
 
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch, capsys):
-    inp = write_files(tmp_path / "in", [2])[0]
+    inp = write_files(tmp_path / "in", [2])[0][0]
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
     assert main(["answer", "--input", str(inp), "--output", str(tmp_path / "out"), "--ray"]) == 2
     assert capsys.readouterr().err == "spanqa: error: --ray needs Ray: pip install 'spanqa[ray]'\n"

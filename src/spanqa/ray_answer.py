@@ -98,9 +98,10 @@ def input_files(spec: str) -> list[Source]:
 
     scheme = spec[: spec.index("://") + 3] if "://" in spec else ""
     globbed = [spec.index(c) for c in "*?[" if c in spec]
-    base = spec if not globbed else (spec[: min(globbed)].rsplit("/", 1)[0] or "/")
-    if globbed and "/" not in spec[len(scheme): min(globbed)]:
-        base = scheme or "."
+    base, rest = spec, ""
+    if globbed:  # list the folder above the first wildcard, keep the paths that match
+        cut = spec.rfind("/", 0, min(globbed))
+        base, rest = (spec[: cut + 1], spec[cut + 1:]) if cut >= len(scheme) else (scheme or ".", spec[len(scheme):])
     fs, root = _filesystem(base)
     try:
         info = fs.get_file_info(root)
@@ -108,17 +109,17 @@ def input_files(spec: str) -> list[Source]:
             return [Source(scheme + root if scheme else root, spec, spec.endswith(".parquet"))]
         if info.type != pafs.FileType.Directory:
             raise DataError(f"--input {spec}: not found")
-        rest = spec[len(base):] if globbed else ""
-        listing = fs.get_file_info(pafs.FileSelector(root, recursive="/" in rest.lstrip("/")))
+        listing = fs.get_file_info(pafs.FileSelector(root, recursive="/" in rest))
     except OSError as e:
         raise DataError(f"--input {spec}: cannot list ({str(e).splitlines()[0]})") from None
     files = sorted(i.path for i in listing if i.type == pafs.FileType.File)
     if globbed:
-        files = [f for f in files if fnmatch.fnmatchcase(f, root.rstrip("/") + "/" + rest.lstrip("/"))]
+        files = [f for f in files if fnmatch.fnmatchcase(f, root.rstrip("/") + "/" + rest)]
     else:
         files = [f for f in files if f.endswith(INPUT_SUFFIXES)]
     if not files:
-        raise DataError(f"--input {spec}: no {', '.join(INPUT_SUFFIXES)} file there")
+        raise DataError(f"--input {spec}: " + ("no file matches" if globbed else
+                                                f"no {', '.join(INPUT_SUFFIXES)} file in this directory"))
     return [Source(scheme + f if scheme else f, scheme + f if scheme else f, f.endswith(".parquet")) for f in files]
 
 
@@ -384,12 +385,18 @@ class ReaderActor:
             import torch
 
             torch.set_num_threads(j.threads)
-        self.reader = Reader.load(j.run.model, device=j.run.device, engine=j.run.engine, threads=j.threads)
+        self.error: SpanqaError | None = None  # raised by the first call: Ray would restart a failed __init__
+        try:
+            self.reader = Reader.load(j.run.model, device=j.run.device, engine=j.run.engine, threads=j.threads)
+        except SpanqaError as e:
+            self.error = e
         if "torch" in sys.modules:  # a full load imports it: its threads too
             sys.modules["torch"].set_num_threads(j.threads)
         self.actor = ray.get_runtime_context().get_actor_id() or str(os.getpid())
 
     def __call__(self, batch: dict) -> dict:
+        if self.error is not None:
+            raise self.error
         out: dict[str, list] = {"shard": [], "questions": [], "seconds": [], "actor": [], "preds": []}
         for shard, spec in zip(batch["shard"], batch["spec"], strict=True):
             t0 = time.perf_counter()
@@ -459,8 +466,8 @@ def ray_session(address: str | None, cfg: RayConfig):
             raise ConfigError(f"{where} ({str(e).strip().splitlines()[0]})") from None
     try:
         _check_resources(ray, cfg, local=started and not address)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # ours is the progress bar
+        # our progress bar and errors: not Ray Data's (its log file under Ray's session directory keeps them)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         ray.data.DataContext.get_current().enable_progress_bars = False
         with redirect_stdout(sys.stderr):  # Ray prints its workers' errors to stdout; ours is for --json
             yield ray
@@ -483,15 +490,14 @@ def _check_resources(ray, cfg: RayConfig, local: bool) -> None:
             print(f"spanqa: warning: {msg}: the pool waits until the cluster has them", file=sys.stderr)
 
 
-def _user_error(e: BaseException | None) -> SpanqaError | None:
-    """The spanqa error inside a Ray failure (an actor's bad record, a model that does not load), as one line."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, SpanqaError) and type(e).__module__.startswith("spanqa"):
-            return type(e)(*e.args)
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return None
+def _user_error(e: BaseException) -> SpanqaError | None:
+    """The spanqa error an actor raised (a bad record, a model that does not load), as one line: Ray hands it back as
+    text, the remote traceback's last `spanqa.errors.XError: message` line."""
+    from spanqa import errors
+
+    found = re.findall(r"^spanqa\.errors\.(\w+): (.+)$", str(e), flags=re.M)
+    kind = getattr(errors, found[-1][0], None) if found else None
+    return kind(found[-1][1]) if isinstance(kind, type) and issubclass(kind, SpanqaError) else None
 
 
 def run_pool(ray, rows: list[dict], job: Job, cfg: RayConfig, total: int, progress: bool,
