@@ -15,14 +15,13 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEV_V11 as DEV  # noqa: E402
+from common import run_json  # noqa: E402
 from common import write_dev_questions as write_questions  # noqa: E402
 
 
@@ -32,13 +31,8 @@ def run(inp: Path, out: Path, args) -> dict:
     if args.model:
         cmd += ["--model", args.model]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"spanqa answer failed:\n{p.stderr[-3000:]}")
-    stats = json.loads(p.stdout.strip().splitlines()[-1])
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    stats, wall, stderr = run_json(cmd, env)
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     n_lines = sum(1 for _ in open(out, encoding="utf-8"))
     return {"questions": stats["answered"], "output_lines": n_lines, "answer_seconds": stats["seconds"],
             "questions_per_second": stats["questions_per_second"], "process_wall_seconds": round(wall, 1),

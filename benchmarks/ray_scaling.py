@@ -20,15 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEV_V11, versions, write_dev_questions, write_json  # noqa: E402
+from common import DEV_V11, run_json, versions, write_dev_questions, write_json  # noqa: E402
 
 
 def run_answer(args, inp: Path, out: Path, use_ray: bool) -> dict:
@@ -43,12 +41,7 @@ def run_answer(args, inp: Path, out: Path, use_ray: bool) -> dict:
     else:
         env["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's default: one thread per physical core
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    stats = json.loads(p.stdout.strip().splitlines()[-1])
+    stats, wall, _ = run_json(cmd, env)
     return {**stats, "process_seconds": round(wall, 1), "load_average_before": round(load, 2),
             "load_average_after": round(os.getloadavg()[0], 2)}
 
