@@ -11,33 +11,18 @@ temporary directory (never into git). Prints and writes benchmarks/out/batch_ans
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
-
-
-def write_questions(path: Path, n: int) -> int:
-    data = json.load(gzip.open(DEV, "rt", encoding="utf-8"))["data"]
-    k = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for article in data:
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    if k == n:
-                        return k
-                    f.write(json.dumps({"id": qa["id"], "question": qa["question"], "context": para["context"]},
-                                       ensure_ascii=False) + "\n")
-                    k += 1
-    return k
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEV_V11 as DEV  # noqa: E402
+from common import run_json  # noqa: E402
+from common import write_dev_questions as write_questions  # noqa: E402
 
 
 def run(inp: Path, out: Path, args) -> dict:
@@ -46,13 +31,8 @@ def run(inp: Path, out: Path, args) -> dict:
     if args.model:
         cmd += ["--model", args.model]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"spanqa answer failed:\n{p.stderr[-3000:]}")
-    stats = json.loads(p.stdout.strip().splitlines()[-1])
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    stats, wall, stderr = run_json(cmd, env)
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     n_lines = sum(1 for _ in open(out, encoding="utf-8"))
     return {"questions": stats["answered"], "output_lines": n_lines, "answer_seconds": stats["seconds"],
             "questions_per_second": stats["questions_per_second"], "process_wall_seconds": round(wall, 1),

@@ -29,6 +29,39 @@ def versions() -> dict:
             "cpu": cpu_info()}
 
 
+def write_dev_questions(path: Path, n: int | None = None) -> int:
+    """The first `n` (all: None) dev-v1.1 questions as the JSONL `spanqa answer --input` reads; returns how many."""
+    import gzip
+
+    data = json.load(gzip.open(DEV_V11, "rt", encoding="utf-8"))["data"]
+    k = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for article in data:
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    if k == n:
+                        return k
+                    f.write(json.dumps({"id": qa["id"], "question": qa["question"], "context": para["context"]},
+                                       ensure_ascii=False) + "\n")
+                    k += 1
+    return k
+
+
+def run_json(cmd: list[str], env: dict) -> tuple[dict, float, str]:
+    """Run a command whose last stdout line is JSON (`spanqa ... --json`): (that JSON, wall seconds, its stderr); a
+    failure exits with the command and the tail of its stderr."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), wall, p.stderr
+
+
 def write_json(name: str, record: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name

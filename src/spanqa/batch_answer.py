@@ -72,7 +72,7 @@ def fingerprint(*texts: str) -> str:
     return h.hexdigest()
 
 
-def _parse(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
+def parse_line(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
     """One input line -> (id, *fields); None for a blank line; Invalid names the bad field."""
     try:
         line = raw.decode("utf-8")
@@ -86,6 +86,11 @@ def _parse(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
         raise Invalid("line", f"is not valid JSON ({json_error(e, line=False)})") from None
     except RecursionError:
         raise Invalid("line", "is nested too deeply") from None
+    return check_record(rec, fields)
+
+
+def check_record(rec, fields: tuple[str, ...] = FIELDS) -> Record:
+    """A parsed record (a JSONL line, a Parquet row) -> (id, *fields); Invalid names the bad field."""
     if not isinstance(rec, dict):
         raise Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
     qid = rec.get("id")
@@ -96,18 +101,23 @@ def _parse(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
     return (qid, *(check_text(rec.get(f), f) for f in fields))
 
 
+def read_lines(f, label, limit: int, first: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every line of the open binary file `f`, numbered from `first`; a line over `limit`
+    bytes (or an endless one) stops with a DataError naming `label`."""
+    n = first - 1
+    while raw := f.readline(limit + 1):
+        n += 1
+        if len(raw) > limit:
+            raise DataError(f"{label}: line {n} is longer than {limit:,} bytes; raise --max-context-bytes to read it")
+        yield n, raw
+
+
 def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of every line; a line over `limit` bytes (or an endless one) stops with a DataError."""
+    """(line number, bytes) of every line of the file at `path` (`.gz`: gzip), checked by read_lines."""
     check_file(path, expect="a .jsonl file")
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            n = 0
-            while raw := f.readline(limit + 1):
-                n += 1
-                if len(raw) > limit:
-                    raise DataError(f"{path}: line {n} is longer than {limit:,} bytes; raise --max-context-bytes "
-                                    "to read it")
-                yield n, raw
+            yield from read_lines(f, path, limit)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
 
@@ -116,9 +126,17 @@ def _records(path: Path, skip_lines: set[int], limit: int, fields: tuple[str, ..
     """The valid records, in order; `skip_lines` holds the invalid and duplicate ones the scan found."""
     for n, raw in _lines(path, limit):
         if n not in skip_lines:
-            rec = _parse(raw, fields)
+            rec = parse_line(raw, fields)
             if rec is not None:
                 yield n, rec
+
+
+def bad_line(where: str, field_name: str, reason: str, skip_invalid: bool, invalid: Counter) -> None:
+    """A bad input record (`where`: "file: line N"): a DataError naming it, or with `skip_invalid` a count in
+    `invalid`, keyed by the field and the reason's first words."""
+    if not skip_invalid:
+        raise DataError(f"{where}: field '{field_name}' {reason} (use --skip-invalid to skip bad lines)")
+    invalid[f"{field_name} {reason.split(' (')[0]}"] += 1
 
 
 def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, limit: int,
@@ -129,15 +147,12 @@ def _scan(path: Path, done: dict, skip_invalid: bool, stats: AnswerFileStats, li
     todo = 0
 
     def bad(n: int, field_name: str, reason: str) -> None:
-        if not skip_invalid:
-            raise DataError(f"{path}: line {n}: field '{field_name}' {reason} (use --skip-invalid to skip bad "
-                            "lines)")
-        stats.invalid[f"{field_name} {reason.split(' (')[0]}"] += 1
+        bad_line(f"{path}: line {n}", field_name, reason, skip_invalid, stats.invalid)
         skip.add(n)
 
     for n, raw in _lines(path, limit):
         try:
-            rec = _parse(raw, fields)
+            rec = parse_line(raw, fields)
         except Invalid as e:
             bad(n, e.field_name, e.reason)
             continue
@@ -242,6 +257,11 @@ def recover_output(path: Path) -> tuple[dict, bool]:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+def answer_line(qid, pred, top_k: int) -> str:
+    """One output line: `{"id", "answers", "no_answer"}` (+ `p_no_answer` when calibrated), newline-terminated."""
+    return json.dumps({"id": qid, **pred.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+
+
 def _append(f, lines: list[str]) -> None:
     f.write("".join(lines))
     f.flush()
@@ -252,8 +272,7 @@ def _write_chunk(out, log, ids: list, prints: list[str], preds: list, top_k: int
     """The chunk's fingerprints, then its answers: an answer on disk always has its fingerprint."""
     _append(log, [json.dumps([qid, fp], ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
                   for qid, fp in zip(ids, prints, strict=True)])
-    _append(out, [json.dumps({"id": qid, **p.to_dict(top_k)}, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
-                  for qid, p in zip(ids, preds, strict=True)])
+    _append(out, [answer_line(qid, p, top_k) for qid, p in zip(ids, preds, strict=True)])
 
 
 # ---- the run ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from spanqa.config import (
     EvaluateConfig,
     IndexConfig,
     NegativesConfig,
+    RayConfig,
     RunConfig,
     ServerSettings,
     SettingError,
@@ -111,6 +112,8 @@ def _reader(args: argparse.Namespace):
 
 def cmd_answer(args: argparse.Namespace) -> int:
     cfg = build(AnswerConfig, args)
+    if args.ray is not None and args.input is None:
+        raise SpanqaError("--ray answers the questions of --input FILES --output DIR")
     if args.input is not None or args.output is not None:
         return cmd_answer_file(args, cfg)
     if args.question is None or (args.context is None and args.context_file is None):
@@ -139,6 +142,8 @@ def cmd_answer_file(args: argparse.Namespace, cfg: AnswerConfig) -> int:
         raise SpanqaError("--input and --output go together")
     if args.question is not None or args.context is not None or args.context_file is not None:
         raise SpanqaError("--input answers the questions of a file; do not also give --question/--context")
+    if args.ray is not None:
+        return cmd_answer_ray(args, cfg)
     # paths, the output's answers so far and every input line are checked before the model loads
     plan = batch_answer.plan(args.input, args.output, cfg.skip_invalid, build(ContextLimits, args).max_context_bytes)
     limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
@@ -151,6 +156,21 @@ def cmd_answer_file(args: argparse.Namespace, cfg: AnswerConfig) -> int:
         print(f"spanqa: answered {stats.answered} question(s) in {stats.seconds:.1f}s "
               f"({stats.questions_per_second:.1f}/s); {stats.already_done} already in {args.output}, "
               f"{sum(stats.invalid.values())} invalid line(s) skipped{note}", file=sys.stderr)
+    return 0
+
+
+def cmd_answer_ray(args: argparse.Namespace, cfg: AnswerConfig) -> int:
+    """`spanqa answer --input FILES --output DIR --ray [ADDRESS]`: shards answered by a pool of Ray actors."""
+    from spanqa.ray_answer import answer_on_ray
+
+    stats = answer_on_ray(args.input, args.output, build(RunConfig, args), build(RayConfig, args), args.ray or None,
+                          top_k=cfg.top_k, chunk=cfg.chunk, batch_size=cfg.batch_size, skip_invalid=cfg.skip_invalid,
+                          max_line_bytes=build(ContextLimits, args).max_context_bytes,
+                          progress=_progress(cfg.progress))
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+    else:
+        print(stats.summary(args.output), file=sys.stderr)
     return 0
 
 
@@ -172,8 +192,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.skipped:
         print(f"spanqa: skipped {sum(data.skipped.values())} invalid record(s): {dict(data.skipped)}",
               file=sys.stderr)
-    metrics = evaluate(_reader(args), data, out_dir=args.out, limit=cfg.limit, batch_size=cfg.batch_size,
-                       progress=cfg.progress)
+    if args.ray is None:
+        metrics = evaluate(_reader(args), data, out_dir=args.out, limit=cfg.limit, batch_size=cfg.batch_size,
+                           progress=cfg.progress)
+    else:
+        metrics = _evaluate_on_ray(args, data, cfg)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -184,6 +207,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote predictions.json, nbest.json, metrics.json to {args.out}")
     return 0
+
+
+def _evaluate_on_ray(args: argparse.Namespace, data, cfg: EvaluateConfig) -> dict:
+    """`spanqa evaluate --ray [ADDRESS]`: the questions answered by a pool of Ray actors, the metrics here."""
+    from spanqa.evaluation import evaluate
+    from spanqa.ray_answer import RayPredict, ray_session
+
+    ray_cfg = build(RayConfig, args)
+    with ray_session(args.ray or None, ray_cfg):
+        predict = RayPredict(build(RunConfig, args), ray_cfg)
+        metrics = evaluate(_reader(args), data, out_dir=args.out, limit=cfg.limit, batch_size=cfg.batch_size,
+                           progress=_progress(cfg.progress), predict=predict)
+    print(predict.stats.summary(), file=sys.stderr)
+    return metrics
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -346,6 +383,13 @@ def _question_flags(p: argparse.ArgumentParser, required: bool) -> None:
     add_flags(p, ContextLimits)
 
 
+def _ray_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help=f"answer {what} on Ray: a cluster's address (auto, ray://host:10001), or none for a local "
+                        "instance started for this command (pip install 'spanqa[ray]')")
+    add_flags(p, RayConfig)
+
+
 def add_commands(sub) -> None:
     a = sub.add_parser("answer", help="answer a question from a context, or every question of a JSONL file")
     add_flags(a, RunConfig)
@@ -353,7 +397,9 @@ def add_commands(sub) -> None:
     add_flags(a, AnswerConfig)
     a.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool}')
     a.add_argument("--input", help='JSONL of {"id", "question", "context"} lines (.gz ok): answer them all')
-    a.add_argument("--output", help="with --input: the answers JSONL; running again resumes it")
+    a.add_argument("--output", help="with --input: the answers JSONL; running again resumes it (with --ray: a "
+                                    "directory of shards)")
+    _ray_flags(a, "--input (a file, a directory, a glob or a URI: JSONL or Parquet)")
     a.set_defaults(func=cmd_answer)
 
     e = sub.add_parser("evaluate", help="official SQuAD EM/F1 plus per-head diagnostics")
@@ -362,6 +408,7 @@ def add_commands(sub) -> None:
     e.add_argument("--out", help="write predictions.json, nbest.json and metrics.json here")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_flags(e, EvaluateConfig)
+    _ray_flags(e, "the questions")
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")

@@ -211,12 +211,28 @@ class AnswerConfig:
 
     top_k: int = opt(1, "answers per question (the n-best list)")
     batch_size: int = opt(32, "with --input: windows per forward pass")
-    chunk: int = opt(512, "with --input: questions read and written at a time")
+    chunk: int = opt(512, "with --input: questions read and written at a time (with --ray: the questions of one "
+                                  "shard)")
     skip_invalid: bool = opt(False, "with --input: count and skip bad lines")
     progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
 
     def __post_init__(self) -> None:
         at_least(self, "top_k batch_size chunk", 1)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """`--ray`: answer or evaluate on a Ray cluster (spanqa.ray_answer): a pool of actors, each a reader loaded once,
+    answering shards of questions."""
+
+    actors: int = opt(2, "with --ray: readers (Ray actors) answering at once, each loading the model once")
+    threads_per_actor: int = opt(1, "with --ray: intra-op threads of each actor (and the CPUs it asks Ray for)")
+    gpus_per_actor: float = opt(0.0, "with --ray: GPUs each actor asks Ray for (a fraction shares one)")
+    max_retries: int = opt(3, "with --ray: times a shard is tried again after its actor died while answering it")
+
+    def __post_init__(self) -> None:
+        at_least(self, "actors threads_per_actor", 1)
+        at_least(self, "gpus_per_actor max_retries", 0)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,13 +118,16 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    predict: Callable[..., list[Prediction]] | None = None,
 ) -> dict:
+    """The metrics of `reader` on `dataset` (and their files in `out_dir`). `predict` answers the questions in its
+    place (the same arguments as Reader.predict): spanqa.ray_answer's runs them on a Ray cluster."""
     if out_dir is not None:  # before the work: results are never lost to an output that cannot be written
         check_output(out_dir, "--out", inputs=[dataset.path or None], directory=True, writes=OUT_FILES)
     examples = dataset.examples[:limit] if limit else dataset.examples
     t0 = time.perf_counter()
-    preds = reader.predict([e.question for e in examples], [e.context for e in examples],
-                           top_k=reader.config.decode.n_best, batch_size=batch_size, progress=progress)
+    preds = (predict or reader.predict)([e.question for e in examples], [e.context for e in examples],
+                                        top_k=reader.config.decode.n_best, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
     v2 = dataset.has_unanswerable
     metrics = squad_metrics(examples, preds, v2)

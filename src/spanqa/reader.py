@@ -145,7 +145,7 @@ class Reader:
     _path: str | os.PathLike | None = None  # where a reader started from a cached graph loads its torch model from
 
     def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None,
-                 engine: str = "torch"):
+                 engine: str = "torch", threads: int | None = None):
         from spanqa.model import encoder_max_positions
 
         self.model = model
@@ -155,7 +155,7 @@ class Reader:
         self.model.to(self.device).eval()
         check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
         self._template = pair_template(tokenizer)
-        self.set_engine(engine)
+        self.set_engine(engine, threads=threads)
 
     @property
     def model(self) -> SpanModel:
@@ -179,16 +179,17 @@ class Reader:
     def device(self, device: torch.device) -> None:
         self._device = device
 
-    def set_engine(self, engine: str = "torch", cache_dir: str | None = None) -> Reader:
+    def set_engine(self, engine: str = "torch", cache_dir: str | None = None, threads: int | None = None) -> Reader:
         """Run the network with `engine` (one of config.ENGINES; `auto` is resolved for this reader's device); ONNX
-        graphs are built once and cached."""
+        graphs are built once and cached. `threads`: ONNX Runtime's intra-op threads (default: torch's setting, else
+        one per core)."""
         from spanqa.engines import load_engine, resolve_engine
 
         engine = resolve_engine(engine, self.device.type)
         if engine != "torch" and self.device.type != "cpu":
             raise ConfigError(f"engine {engine} runs on the CPU; use device cpu (or the torch engine on {self.device})")
         self.engine_name = engine
-        self.engine = load_engine(engine, self.model, cache_dir)
+        self.engine = load_engine(engine, self.model, cache_dir, threads)
         return self
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -208,23 +209,26 @@ class Reader:
         return cls(SpanModel(encoder, config.head), tokenizer, replace(config, base=base), device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "auto") -> Reader:
+    def load(cls, path: str | os.PathLike | None = None, device: str | None = None, engine: str = "auto",
+             threads: int | None = None) -> Reader:
         """Load a saved reader directory, or a Hugging Face question-answering checkpoint with linear `qa_outputs`;
         with no path, the default model shipped in the package. `engine`: one of config.ENGINES (`auto`: the fastest
-        on this device, see spanqa.engines.CPU_ENGINE)."""
+        on this device, see spanqa.engines.CPU_ENGINE); `threads`: the ONNX engines' intra-op threads (the torch
+        engine's are the process's, torch.set_num_threads)."""
         if engine not in ENGINES:
             raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         if device not in (None, "auto", "cpu"):  # the fast start never needs torch for these
             resolve_device(device)  # before the model loads: a device this machine lacks is refused at once
-        reader = cls._from_cache(path, device, engine)
+        reader = cls._from_cache(path, device, engine, threads)
         if reader is None:
             model, tokenizer, config = checkpoint.load(path)
-            reader = cls(model, tokenizer, config, device, engine)
+            reader = cls(model, tokenizer, config, device, engine, threads)
             reader._remember(path)
         return reader
 
     @classmethod
-    def _from_cache(cls, path: str | os.PathLike | None, device: str | None, engine: str) -> Reader | None:
+    def _from_cache(cls, path: str | os.PathLike | None, device: str | None, engine: str,
+                    threads: int | None = None) -> Reader | None:
         """The fast start: on a CPU, with an ONNX engine, a saved reader whose files are unchanged since a full load
         indexed their graph (spanqa.engines.recall) starts from the graph, spanqa.json and tokenizer.json alone,
         without torch or transformers. None where that does not hold: the caller loads in full."""
@@ -242,7 +246,7 @@ class Reader:
         reader.tokenizer = checkpoint.TokenizerJson(hit["tokenizer"], hit["pad_token_id"], hit["model_max_length"])
         reader.config = checkpoint.read_meta(Path(path) if path is not None else default_model_dir())[1]
         reader._template = pair_template(reader.tokenizer)
-        reader.engine_name, reader.engine = kind, OnnxEngine(hit["graph"] / GRAPH_FILE)
+        reader.engine_name, reader.engine = kind, OnnxEngine(hit["graph"] / GRAPH_FILE, threads)
         return reader
 
     def _remember(self, path: str | os.PathLike | None) -> None:
