@@ -13,9 +13,12 @@
 #     run(command="bash recipes/teacher_gpu.sh student", timeout_s=540)  # teach, distil, calibrate, score, pack
 #   (the last receive and `teacher` may share one call: "bash recipes/teacher_gpu.sh receive N && bash ... teacher").
 #
-# Plan for 15 minutes of device time: start ~1.5 min, 7 receives ~1.5 min, teacher ~5 min (TEACHER_MIN of training,
-# the assembly and two evaluations), student ~4.5 min (the teacher over the training questions, STUDENT_MIN of
-# training, calibration, evaluations, packing): ~12.5 min, a margin of ~2.5. Every phase is timed into times.json.
+# Plan for 15 minutes of device time (estimates: nothing here has run on the GPU yet): start ~1.5 min, 7-8 receives
+# ~2 min, teacher ~5 min (TEACHER_MIN of training, the assembly, dev and AddSent), student ~5 min (the teacher over
+# the ~130k training questions, STUDENT_MIN of training, calibration, dev and AddSent, packing): ~13.5 min, a margin
+# of ~1.5; lower TEACHER_MIN / STUDENT_MIN to widen it. Every phase is timed into times.json (summary.json's "times").
+# A CPU dry run of the whole chain (DRY=1 below, 40 questions, 2 steps each) took 7.8 s to prepare, 62 s for
+# `teacher` and 119 s for `student` on the 2-core development machine, and its packed student loads and answers.
 # Each call writes to $OUT what it has: teacher.log and teacher_scores.json after `teacher`; after `student` the
 # student packed in the shipped format (fp16 delta from the base + heads: under 25 MB), both logs and summary.json.
 # A dry run on a CPU: DRY=1 bash recipes/teacher_gpu.sh prepare && DRY=1 bash recipes/teacher_gpu.sh receive 1 ...
@@ -50,15 +53,15 @@ path, name, t0, t1 = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(s
 times = json.loads(path.read_text()) if path.exists() else {}
 times[name] = round(t1 - t0, 1)
 path.write_text(json.dumps(times, indent=1))
-print(f"phase {name}: {t1 - t0:.1f} s", flush=True)
+print(f"phase {name}: {t1 - t0:.1f} s", file=sys.stderr, flush=True)
 PY
 }
 
 case $PHASE in
 prepare)
   rm -rf "$CARRY"; mkdir -p "$CARRY/stage"
-  if [ -n "${DRY:-}" ]; then  # the first 3 articles only
-    $PY -c "import gzip, json, sys; d = json.load(gzip.open(sys.argv[1])); d['data'] = d['data'][:3]; json.dump(d, gzip.open(sys.argv[2], 'wt'))" "$TRAIN" "$CARRY/small.json.gz"
+  if [ -n "${DRY:-}" ]; then  # the first 20 articles only
+    $PY -c "import gzip, json, sys; d = json.load(gzip.open(sys.argv[1])); d['data'] = d['data'][:20]; json.dump(d, gzip.open(sys.argv[2], 'wt'))" "$TRAIN" "$CARRY/small.json.gz"
     TRAIN=$CARRY/small.json.gz
   fi
   $PY -m spanqa negatives --data "$TRAIN" --out "$CARRY/stage/train-v2.json.gz" --holdout 0.05 \
@@ -81,9 +84,11 @@ for name, src in (("mpnet", resolve_base("package:all-mpnet-base-v2")), ("minilm
     shard, size, k = {}, 0, 0
     for key, t in load_file(str(Path(src) / "model.safetensors")).items():
         t = t.half().contiguous()
-        if shard and size + t.numel() * 2 > limit - 2**20:
-            save_file(shard, str(stage / f"{name}.weights-{k:02d}.safetensors")); shard, size, k = {}, 0, k + 1
-        shard[key], size = t, size + t.numel() * 2
+        rows = max(1, (limit // 2) // max(t[0].numel() * 2, 1)) if t.ndim else 1  # a tensor over half a bundle
+        for i, piece in enumerate(t.split(rows) if t.ndim and t.numel() * 2 > limit // 2 else [t]):  # goes in rows
+            if shard and size + piece.numel() * 2 > limit - 2**20:
+                save_file(shard, str(stage / f"{name}.weights-{k:02d}.safetensors")); shard, size, k = {}, 0, k + 1
+            shard[key if piece is t else f"{key}@{i}"], size = piece.contiguous(), size + piece.numel() * 2
     save_file(shard, str(stage / f"{name}.weights-{k:02d}.safetensors"))
 (stage / "minilm_sha256").write_text(base_fingerprint(base_model_path()))
 files = sorted(stage.iterdir(), key=lambda p: -p.stat().st_size)
@@ -102,6 +107,9 @@ for i in range(1, len(bundles) + 1):
     print(f"b{i}: {sum(f.stat().st_size for f in (carry / f'b{i}').iterdir()) / 2**20:.1f} MiB")
 print(f"{len(bundles)} bundles: one `receive K` call each, carry=['{carry}/bK']")
 PY
+  TREE=$( { git ls-files -z; git ls-files -z -o --exclude-standard; } | xargs -0 du -cb 2>/dev/null | awk '$2 == "total" {s += $1} END {print int(s / 1048576)}')
+  echo "the tree travelling with each call: ${TREE} MiB; a bundle: at most ${BUNDLE_MIB} MiB (64 MiB a call in all)"
+  [ $((TREE + BUNDLE_MIB)) -le 62 ] || { echo "lower BUNDLE_MIB: ${TREE} + ${BUNDLE_MIB} MiB is over 62" >&2; exit 1; }
   ;;
 receive)
   K=${2:?receive K}; mkdir -p "$IN"
@@ -121,6 +129,7 @@ PY
 # each base as an fp32 HF directory (the MiniLM one rounds to the packaged base's fp16, as pack_delta expects)
 import shutil, sys
 from pathlib import Path
+import torch
 from safetensors.torch import load_file, save_file
 inp, work = Path(sys.argv[1]), Path(sys.argv[2])
 for name in ("mpnet", "minilm"):
@@ -128,9 +137,16 @@ for name in ("mpnet", "minilm"):
     for f in inp.glob(f"{name}.*"):
         if ".weights-" not in f.name:
             shutil.copy(f, out / f.name.removeprefix(f"{name}."))
-    sd = {}
+    sd, pieces = {}, {}
     for f in sorted(inp.glob(f"{name}.weights-*.safetensors")):
-        sd.update({k: v.float() for k, v in load_file(str(f)).items()})
+        for k, v in load_file(str(f)).items():
+            if "@" in k:  # a tensor carried in rows: key@0, key@1, ...
+                key, i = k.rsplit("@", 1)
+                pieces.setdefault(key, {})[int(i)] = v
+            else:
+                sd[k] = v.float()
+    for key, parts in pieces.items():
+        sd[key] = torch.cat([parts[i] for i in range(len(parts))]).float()
     save_file(sd, str(out / "model.safetensors"))
     print(name, len(sd), "tensors")
 PY
