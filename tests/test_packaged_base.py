@@ -167,8 +167,9 @@ def test_the_real_mpnet_base_assembles_and_reads_windows(tmp_path):
     assert all(a.text == ctx[a.start : a.end] for a in pred.answers)
 
 
-def test_a_span_model_on_mpnet_reads_without_segment_ids(tokenizer):
-    """A tiny random MPNet encoder: no token_type_ids, its positions start after the padding index (512 usable)."""
+def test_a_span_model_on_mpnet_reads_without_segment_ids(tokenizer, tmp_path):
+    """A tiny random MPNet encoder: no token_type_ids, its positions start after the padding index (512 usable), and
+    the ONNX engine gives the answers torch gives."""
     from transformers import MPNetConfig
 
     from spanqa.model import SpanModel, encoder_from_config, encoder_max_positions
@@ -183,3 +184,6 @@ def test_a_span_model_on_mpnet_reads_without_segment_ids(tokenizer):
     ctx = "The quick brown fox jumps over the lazy dog. " * 40  # several windows
     pred = reader.answer("What jumps?", ctx, top_k=2)
     assert all(a.text == ctx[a.start : a.end] for a in pred.answers)
+    onnx = reader.set_engine("onnx", cache_dir=str(tmp_path)).answer("What jumps?", ctx, top_k=2)
+    assert [(a.start, a.end) for a in onnx.answers] == [(a.start, a.end) for a in pred.answers]
+    assert [a.score for a in onnx.answers] == pytest.approx([a.score for a in pred.answers], rel=1e-3)
