@@ -168,8 +168,9 @@ class TrainConfig:
 
     train: str = opt("", "training data: SQuAD JSON or HF-layout JSONL (.gz ok)", required=True)
     out: str = opt("", "output directory: the model, train_log.jsonl, checkpoint/", required=True)
-    base: str = opt("", "HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2); a saved spanqa "
-                        "reader directory, or 'default' for the shipped model, continues its training")
+    base: str = opt("", "HF encoder directory or hub id, or a packaged base: package:all-mpnet-base-v2 (MPNet, see "
+                        "the README) (default: the packaged all-MiniLM-L6-v2); a saved spanqa reader directory, or "
+                        "'default' for the shipped model, continues its training")
     dev: str | None = opt(None, "dev data, evaluated at the end (and every --eval-every steps)")
     reader: ReaderConfig = opt(ReaderConfig())
     optim: OptimConfig = opt(OptimConfig())
