@@ -43,6 +43,11 @@ def collate(windows: Sequence[Window], pad_id: int, multiple: int = 8, with_labe
     if with_labels:
         batch["begin_gold"] = np.array([w.start_position for w in windows], dtype=np.int64)
         batch["end_gold"] = np.array([w.end_position for w in windows], dtype=np.int64)
+        if windows[0].teacher_begin is not None:  # distillation (spanqa.distill): padded with "no mass"
+            for key in ("teacher_begin", "teacher_end"):
+                batch[key] = np.full((B, n), -np.inf, dtype=np.float32)
+                for r, w in enumerate(windows):
+                    batch[key][r, : len(w)] = getattr(w, key)
     return batch
 
 

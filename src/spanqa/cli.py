@@ -1,4 +1,5 @@
-"""Command line: `spanqa answer | train | evaluate | serve | explain | export | index | ask` (also `python -m spanqa`).
+"""Command line: `spanqa answer | train | teach | evaluate | serve | explain | export | index | ask` (also `python -m
+spanqa`).
 
 Flags, defaults and help come from the dataclasses in spanqa.config (`add_flags`), and so do the value checks
 (`build`), so the CLI and the Python API accept the same settings. User errors print one line,
@@ -27,6 +28,7 @@ from spanqa.config import (
     RunConfig,
     ServerSettings,
     SettingError,
+    TeachConfig,
     TrainConfig,
     leaf_fields,
     unflatten,
@@ -266,6 +268,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    """The teacher's begin/end distributions for every question of --data, for `spanqa train --teacher FILE`."""
+    from spanqa.data import load_dataset
+    from spanqa.distill import save_targets, teach
+    from spanqa.validation import check_file, check_output
+
+    cfg = build(TeachConfig, args)
+    if Path(cfg.out).suffix != ".safetensors":
+        raise SpanqaError(f"--out {cfg.out}: a teacher file ends in .safetensors")
+    check_output(cfg.out, "--out", inputs=[check_file(cfg.data)])
+    data = load_dataset(cfg.data, skip_invalid=cfg.skip_invalid)
+    examples = data.examples[: cfg.limit] if cfg.limit else data.examples
+    reader = _reader(args)
+    targets = teach(reader, examples, chunk=cfg.chunk, batch_size=cfg.batch_size, progress=_progress(cfg.progress),
+                    meta={"teacher": args.model or "default", "teacher_base": reader.config.base, "data": cfg.data,
+                          "engine": reader.engine_name})
+    save_targets(targets, cfg.out)
+    print(f"spanqa: wrote the teacher's distributions for {len(targets)} question(s) to {cfg.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_negatives(args: argparse.Namespace) -> int:
     from spanqa.negatives import mine
 
@@ -414,6 +437,11 @@ def add_commands(sub) -> None:
     t = sub.add_parser("train", help="fine-tune a reader from a base encoder")
     add_flags(t, TrainConfig, skip=TRAIN_SKIP)
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("teach", help="a teacher reader's begin/end distributions for distillation (train --teacher)")
+    add_flags(x, RunConfig)
+    add_flags(x, TeachConfig)
+    x.set_defaults(func=cmd_teach)
 
     n = sub.add_parser("negatives", help="mine unanswerable questions from a v1.1-style set (writes SQuAD v2.0)")
     add_flags(n, NegativesConfig)

@@ -146,16 +146,35 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: the student learns the teacher's begin/end distributions as well as the gold span
+    (see spanqa.distill). Loss = kd_weight * T^2 * KL(teacher || student) + (1 - kd_weight) * span loss."""
+
+    teacher: str = opt("", "teacher: a saved reader directory ('default': the shipped model), run on the training "
+                           "questions before the first step, or a file written by `spanqa teach`")
+    kd_weight: float = opt(0.5, "weight of the distillation loss; the span loss on the gold answer gets the rest")
+    kd_temperature: float = opt(2.0, "softmax temperature of both distributions in the distillation loss")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kd_weight, bool) or not isinstance(self.kd_weight, int | float) \
+                or not 0 <= self.kd_weight <= 1:
+            raise SettingError("kd_weight", f"must be between 0 and 1, got {self.kd_weight!r}")
+        at_least(self, "kd_temperature", 0, strict=True)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run: the data, the reader to build, the optimiser, and how long and how often."""
 
     train: str = opt("", "training data: SQuAD JSON or HF-layout JSONL (.gz ok)", required=True)
     out: str = opt("", "output directory: the model, train_log.jsonl, checkpoint/", required=True)
-    base: str = opt("", "HF encoder directory or hub id (default: the packaged all-MiniLM-L6-v2); a saved spanqa "
-                        "reader directory, or 'default' for the shipped model, continues its training")
+    base: str = opt("", "HF encoder directory or hub id, or a packaged base: package:all-mpnet-base-v2 (MPNet, see "
+                        "the README) (default: the packaged all-MiniLM-L6-v2); a saved spanqa reader directory, or "
+                        "'default' for the shipped model, continues its training")
     dev: str | None = opt(None, "dev data, evaluated at the end (and every --eval-every steps)")
     reader: ReaderConfig = opt(ReaderConfig())
     optim: OptimConfig = opt(OptimConfig())
+    distill: DistillConfig = opt(DistillConfig())
     epochs: float = opt(2.0, "passes over the training windows")
     max_steps: int | None = opt(None, "stop after this many optimiser steps")
     time_budget: float | None = opt(None, "minutes of training (tokenising and evaluation excluded)",
@@ -256,6 +275,24 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         at_least(self, "limit batch_size", 1)
+
+
+@dataclass(frozen=True)
+class TeachConfig:
+    """`spanqa teach`: a teacher's begin/end distributions over the characters of each question's context, for
+    `spanqa train --teacher FILE` (see spanqa.distill)."""
+
+    data: str = opt("", "SQuAD JSON or HF-layout JSONL (.gz ok): the questions the student will train on",
+                    required=True)
+    out: str = opt("", "the file to write (.safetensors)", required=True)
+    limit: int | None = opt(None, "the first N questions only")
+    batch_size: int = opt(64, "windows per forward pass")
+    chunk: int = opt(512, "questions scored at a time")
+    skip_invalid: bool = opt(False, "count and skip invalid records")
+    progress: bool = opt(True, "no progress bar", flag="no-progress", invert=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "limit batch_size chunk", 1)
 
 
 @dataclass(frozen=True)

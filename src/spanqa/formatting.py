@@ -44,6 +44,8 @@ class Window:
     start_position: int = 0  # training target; 0 ([CLS]) when the answer is not in this window
     end_position: int = 0
     siblings: int = 1  # windows of this example (this one included): the total of a progress bar
+    teacher_begin: np.ndarray | None = None  # distillation: (n,) float32 teacher logits, -inf where no mass
+    teacher_end: np.ndarray | None = None  # (spanqa.distill.window_targets)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -132,6 +132,6 @@ def encoder_max_positions(config) -> int | None:
     mp = getattr(config, "max_position_embeddings", None)
     if mp is None:
         return None
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        mp -= 2  # RoBERTa's positions start after its padding index
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer", "mpnet"):
+        mp -= 2  # RoBERTa's (and MPNet's) positions start after its padding index
     return mp

@@ -21,7 +21,7 @@ from spanqa import calibration, checkpoint
 from spanqa.calibration import Calibration
 from spanqa.config import DEVICES_HELP, ENGINES, ReaderConfig
 from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
-from spanqa.default_model import default_model_dir
+from spanqa.default_model import default_model_dir, resolve_base
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows, pair_template
 from spanqa.scoring import PassSettings, ScoredWindow, TokenProbs, score_windows
@@ -195,15 +195,17 @@ class Reader:
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_base(cls, base: str, config: ReaderConfig = ReaderConfig(), device: str | None = None) -> Reader:
-        """A new reader with fresh heads on a pretrained encoder (local directory or hub id)."""
+        """A new reader with fresh heads on a pretrained encoder (local directory, hub id, or `package:NAME`, a
+        packaged base: spanqa.default_model.resolve_base)."""
         from transformers import AutoTokenizer
 
         from spanqa.model import SpanModel, load_encoder
 
         resolve_device(device)
+        path = resolve_base(base)
         try:
-            encoder = load_encoder(base)
-            tokenizer = AutoTokenizer.from_pretrained(base)
+            encoder = load_encoder(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load base encoder {base!r}: {str(e).splitlines()[0]}") from None
         return cls(SpanModel(encoder, config.head), tokenizer, replace(config, base=base), device)

@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanqa import checkpoint, distributed
+from spanqa import checkpoint, distill, distributed
 from spanqa.batching import collate, length_grouped_batches, token_budget_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
 from spanqa.distributed import DistEnv
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows
-from spanqa.loss import span_loss
+from spanqa.loss import reader_loss
 from spanqa.model import encoder_max_positions
 from spanqa.perf import encoder_matmul_flops
 from spanqa.reader import Reader, resolve_device
@@ -53,12 +53,13 @@ __all__ = ["CHECKPOINT", "TrainConfig", "TrainState", "find_checkpoint", "load_c
 
 CHECKPOINT = "checkpoint"
 LOG_FILE = "train_log.jsonl"
+TEACHER_FILE = "teacher.safetensors"  # --teacher DIR: the teacher's output for the training questions (spanqa.distill)
 # what a run writes at the top of --out (besides tokenizer files): none of it may be an input
-WRITES = (LOG_FILE, checkpoint.SPANQA_JSON, checkpoint.HEADS_FILE, "model.safetensors", "config.json")
+WRITES = (LOG_FILE, TEACHER_FILE, checkpoint.SPANQA_JSON, checkpoint.HEADS_FILE, "model.safetensors", "config.json")
 
 # Settings that fix the data order and the windows: a checkpoint can only continue a run that agrees on them.
 RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "max_examples", "max_seq_len", "doc_stride",
-                     "max_question_len")
+                     "max_question_len", "teacher")
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -97,6 +98,7 @@ class TrainState:
     padded_tokens: int = 0
     matmul_flops: float = 0.0
     loss_ema: float | None = None
+    kd_loss: float | None = field(default=None, metadata={"saved": False})  # the last step's distillation part
     total_steps: int = 0  # the planned steps (recomputed by every run; saved for the record)
     world_size: int = 1
     config: dict = field(default_factory=dict)  # the recipe, for the resume check
@@ -173,7 +175,8 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
         cfg = replace(cfg, base=base_model_path())
     resolve_device(cfg.device)  # checked before any work, like --out
-    out = check_output(cfg.out, "--out", inputs=(cfg.train, cfg.dev), directory=True, writes=WRITES)
+    out = check_output(cfg.out, "--out", inputs=(cfg.train, cfg.dev, cfg.distill.teacher or None), directory=True,
+                       writes=WRITES)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env, device = distributed.init(cfg.device)
@@ -187,7 +190,11 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     freeze(reader.model, cfg)
     t_fmt = time.perf_counter()
     windows = make_training_windows(reader, examples)
-    t_fmt = time.perf_counter() - t_fmt
+    t_fmt, t_teach = time.perf_counter() - t_fmt, time.perf_counter()
+    if cfg.distill.teacher:
+        distill.attach(windows, examples, teacher_targets(cfg, out, examples, ckpt, env, device),
+                       cfg.distill.teacher)
+    t_teach = time.perf_counter() - t_teach
 
     recipe = {k: v for k, v in cfg.flat().items() if k not in ("resume", "progress")}
     state = TrainState(**saved)
@@ -204,8 +211,8 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
                dynamic_ncols=True, desc="train", file=sys.stderr)
     run = Run(cfg, env, out, reader, net, forward, opt, windows, dev, len(examples), recipe, bar)
     log(run, {"event": "start", "examples": len(examples), "windows": len(windows),
-              "format_seconds": round(t_fmt, 1), "total_steps": state.total_steps, "resumed_at": state.step,
-              "world_size": env.world, "config": recipe})
+              "format_seconds": round(t_fmt, 1), "teacher_seconds": round(t_teach, 1), "total_steps": state.total_steps,
+              "resumed_at": state.step, "world_size": env.world, "config": recipe})
     net.train()
     return run, state
 
@@ -220,7 +227,7 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     t0 = time.perf_counter()
     group = run.epoch_batches(state.epoch)[state.batch_in_epoch : state.batch_in_epoch + cfg.optim.grad_accum]
     n_step = sum(len(idx) for idx in group)
-    n_tok, loss_sum, n_pad, n_flops = 0, 0.0, 0, 0.0
+    n_tok, loss_sum, kd_sum, n_pad, n_flops = 0, 0.0, 0.0, 0, 0.0
     pad = run.reader.tokenizer.pad_token_id or 0
     passes = forward_passes(run, group)
     for m, (mine, weight) in enumerate(passes):
@@ -231,10 +238,11 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
                 b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
                                    batch["token_type_ids"])
-            loss = span_loss(b, e, batch["begin_gold"], batch["end_gold"], reduction="sum")
-            loss = loss * (weight * env.world / n_step)
-            loss.backward()
-        loss_sum += loss.detach()
+            loss, kd = reader_loss(b, e, batch, cfg.distill.kd_weight, cfg.distill.kd_temperature)
+            scale = weight * env.world / n_step
+            (loss * scale).backward()
+        loss_sum += loss.detach() * scale
+        kd_sum += kd * scale if kd is not None else 0.0
         n_tok += int(batch["attention_mask"].sum()) * int(weight)
         n_pad += batch["input_ids"].numel()
         n_flops += encoder_matmul_flops(model.encoder.config, *batch["input_ids"].shape)
@@ -246,10 +254,11 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
 
-    loss_val, n_tok, n_pad, n_flops, dt = distributed.sum_across(
-        [float(loss_sum), n_tok, n_pad, n_flops, time.perf_counter() - t0], env, device
+    loss_val, kd_val, n_tok, n_pad, n_flops, dt = distributed.sum_across(
+        [float(loss_sum), float(kd_sum), n_tok, n_pad, n_flops, time.perf_counter() - t0], env, device
     )
     loss_val, n_tok, n_pad, dt = loss_val / env.world, int(n_tok), int(n_pad), dt / env.world  # same on all
+    state.kd_loss = kd_val / env.world if cfg.distill.teacher else None
     state.matmul_flops += n_flops
     state.step += 1
     state.batch_in_epoch += len(group)
@@ -283,7 +292,8 @@ def log_step(run: Run, state: TrainState, loss: float, lr: float) -> None:
     run.bar.update(1)
     run.bar.set_postfix(loss=f"{state.loss_ema:.3f}", tok_s=f"{tok_s:.0f}")
     if state.step % run.cfg.log_every == 0:
-        log(run, {"step": state.step, "loss": round(loss, 4), "loss_ema": round(state.loss_ema, 4), "lr": lr,
+        kd = {"kd_loss": round(state.kd_loss, 4)} if state.kd_loss is not None else {}
+        log(run, {"step": state.step, "loss": round(loss, 4), "loss_ema": round(state.loss_ema, 4), **kd, "lr": lr,
                   "tokens_per_s": tok_s, "elapsed": round(state.elapsed, 1), "epoch": state.epoch})
         state.window_tokens, state.window_time = 0, 0.0
 
@@ -400,6 +410,25 @@ def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
             flag = "--" + k.replace("_", "-")
             raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
                               f"{now[k]}; resume with the same data settings, or choose another --out")
+
+
+def teacher_targets(cfg: TrainConfig, out: Path, examples: list[Example], ckpt: Path | None, env: DistEnv,
+                    device: str) -> distill.TeacherTargets:
+    """The teacher's output for the training questions: a `spanqa teach` file; or, for a teacher reader (a directory,
+    or 'default'), the one an interrupted run of this --out kept (a resume goes on with the very same targets), or
+    made now by running the teacher over them on this device (and kept in OUT/teacher.safetensors)."""
+    src, kept = cfg.distill.teacher, out / TEACHER_FILE
+    if Path(src).is_file():
+        return distill.load_targets(src)
+    if ckpt is not None and kept.exists():
+        return distill.load_targets(kept)
+    teacher = Reader.load(None if src == "default" else src, device=device, engine="torch")
+    targets = distill.teach(teacher, examples, batch_size=64, progress=cfg.progress and env.main,
+                            meta={"teacher": src, "teacher_base": teacher.config.base, "data": cfg.train})
+    del teacher
+    if env.main:
+        distill.save_targets(targets, kept)
+    return targets
 
 
 def make_training_windows(reader: Reader, examples: list[Example]) -> list[Window]:
