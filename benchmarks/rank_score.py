@@ -40,7 +40,7 @@ def read_all(index: Index, questions: list[str]) -> list[list[dict]]:
     out: list[list[dict]] = [[] for _ in questions]
     for (q, _, bm25), pred in zip(pairs, preds, strict=True):
         out[q].append({"bm25": bm25, "null": pred.null_log_score,
-                       "spans": [(a.text, a.log_score) for a in pred.answers]})
+                       "spans": [(a.text, a.log_score, a.score) for a in pred.answers]})
     return out
 
 
@@ -62,7 +62,7 @@ def best_answer(spans: list[tuple[float, str]], pooled: bool) -> str:
 def exact_match(reads: list[list[dict]], golds: list[list[str]], rule, k: int, pooled: bool = False) -> float:
     hits = 0
     for passages, gold in zip(reads, golds, strict=True):
-        spans = [(rule(ls, p), text) for p in passages[:k] for text, ls in p["spans"]]
+        spans = [(rule(ls, p, sc), text) for p in passages[:k] for text, ls, sc in p["spans"]]
         best = best_answer(spans, pooled)
         hits += max(exact_match_v1(best, g) for g in gold)
     return 100 * hits / len(golds)
@@ -90,16 +90,19 @@ def main() -> None:
             Path(args.reads).write_text(json.dumps(reads))
     seconds = time.perf_counter() - t
     golds = [[a.text for a in e.answers] for e in pick]
-    rules = {"P_begin*P_end": lambda ls, p: ls, "log-odds vs [CLS]": lambda ls, p: ls - p["null"]}
+    rules = {"P_begin*P_end": lambda ls, p, sc: ls, "log-odds vs [CLS]": lambda ls, p, sc: ls - p["null"],
+             "calibrated P(right)": lambda ls, p, sc: math.log(max(sc, 1e-12))}
     for w in WEIGHTS[1:]:
-        rules[f"P_begin*P_end + {w} BM25"] = lambda ls, p, w=w: ls + w * p["bm25"]
-        rules[f"log-odds vs [CLS] + {w} BM25"] = lambda ls, p, w=w: ls - p["null"] + w * p["bm25"]
+        rules[f"P_begin*P_end + {w} BM25"] = lambda ls, p, sc, w=w: ls + w * p["bm25"]
+        rules[f"log-odds vs [CLS] + {w} BM25"] = lambda ls, p, sc, w=w: ls - p["null"] + w * p["bm25"]
+        rules[f"log P(right) + {w} BM25"] = lambda ls, p, sc, w=w: math.log(max(sc, 1e-12)) + w * p["bm25"]
     table = {name: {k: exact_match(reads, golds, rule, k) for k in KS} for name, rule in rules.items()}
     for w in WEIGHTS:
-        rule = rules[f"log-odds vs [CLS] + {w} BM25" if w else "log-odds vs [CLS]"]
-        table[f"pooled log-odds + {w} BM25"] = {k: exact_match(reads, golds, rule, k, pooled=True) for k in KS}
+        for base, plain in (("log-odds vs [CLS]", "log-odds vs [CLS]"), ("log P(right)", "calibrated P(right)")):
+            rule = rules[f"{base} + {w} BM25" if w else plain]
+            table[f"pooled {base} + {w} BM25"] = {k: exact_match(reads, golds, rule, k, pooled=True) for k in KS}
     for name, row in table.items():
-        print(f"{name:32s} " + " / ".join(f"{row[k]:5.1f}" for k in KS))
+        print(f"{name:40s} " + " / ".join(f"{row[k]:5.1f}" for k in KS))
     path = write_json("rank_score.json", {"settings": vars(args), "versions": versions(), "read_seconds": seconds,
                                           "passages_read": sum(len(r) for r in reads), "em_at_k": table})
     print(f"EM at K = {' / '.join(map(str, KS))}; {sum(len(r) for r in reads)} passages read in {seconds:.0f} s; "
