@@ -140,7 +140,7 @@ class Reader:
     """A SpanModel with its tokenizer and settings, run by an engine (torch, onnx, onnx-int8)."""
 
     chunk_windows = 1024  # windows formatted and scored at a time: memory stays bounded for any context length
-    max_batch_tokens = 4096  # padded tokens per inference batch, whatever batch_size says
+    _max_batch_tokens: int | None = None  # set to override the engine's own (Engine.batch_tokens)
 
     _path: str | os.PathLike | None = None  # where a reader started from a cached graph loads its torch model from
 
@@ -178,6 +178,15 @@ class Reader:
     @device.setter
     def device(self, device: torch.device) -> None:
         self._device = device
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """Padded tokens per inference batch, whatever batch_size says: the engine's best unless set."""
+        return self._max_batch_tokens or self.engine.batch_tokens
+
+    @max_batch_tokens.setter
+    def max_batch_tokens(self, value: int | None) -> None:
+        self._max_batch_tokens = value
 
     def set_engine(self, engine: str = "torch", cache_dir: str | None = None, threads: int | None = None) -> Reader:
         """Run the network with `engine` (one of config.ENGINES; `auto` is resolved for this reader's device); ONNX
