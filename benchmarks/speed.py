@@ -209,7 +209,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--pipeline-batch-sizes", default="4,8,16,32")
-    p.add_argument("--batch-sizes", default="2048,4096,8192",
+    p.add_argument("--batch-sizes", default="512,1024,4096",
                    help="spanqa batch sizes to sweep, in padded tokens per batch (Reader.max_batch_tokens)")
     p.add_argument("--hf-python", default=str(HERE.parent / ".venv-hf457" / "bin" / "python"),
                    help="python of a venv with torch and transformers==4.57.6 (made as the README says)")
