@@ -60,7 +60,7 @@ def score_set(reader, path: Path, limit: int | None, batch_size: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="saved reader (default: the shipped default model)")
-    p.add_argument("--engine", default="torch")
+    p.add_argument("--engine", default="auto", help="auto (the default: onnx-int8 on a CPU), torch, onnx, onnx-int8")
     p.add_argument("--limit", type=int, help="first N questions of each set (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
