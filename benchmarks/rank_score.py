@@ -19,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import DEV_V11, OUT, TRAIN_V11, versions, write_json  # noqa: E402
 
-from spanqa.ask import Index  # noqa: E402
+from spanqa.ask import Index, answer_key  # noqa: E402
 from spanqa.data import load_dataset  # noqa: E402
-from spanqa.metric import exact_match_v1, normalize_answer  # noqa: E402
+from spanqa.metric import exact_match_v1  # noqa: E402
 from spanqa.reader import Reader  # noqa: E402
 
 KS = (1, 5, 10, 20)
@@ -45,18 +47,16 @@ def read_all(index: Index, questions: list[str]) -> list[list[dict]]:
 
 
 def best_answer(spans: list[tuple[float, str]], pooled: bool) -> str:
-    """The best-scored span; pooled: each answer text (normalised) scores log-sum-exp over its places."""
+    """The best-scored span; pooled: each answer (spanqa.ask.answer_key) scores log-sum-exp over its places."""
     if not spans:
         return ""
     if not pooled:
         return max(spans, key=lambda s: s[0])[1]
-    groups: dict[str, list] = {}
+    groups: dict[str, list[tuple[float, str]]] = {}
     for score, text in spans:
-        groups.setdefault(normalize_answer(text), []).append((score, text))
-    pooled_scores = {key: math.log(sum(math.exp(s - max(g)[0]) for s, _ in g)) + max(g)[0]
-                     for key, g in groups.items()}
-    key = max(pooled_scores, key=pooled_scores.get)
-    return max(groups[key])[1]
+        groups.setdefault(answer_key(text), []).append((score, text))
+    best = max(groups.values(), key=lambda g: np.logaddexp.reduce([score for score, _ in g]))
+    return max(best)[1]
 
 
 def exact_match(reads: list[list[dict]], golds: list[list[str]], rule, k: int, pooled: bool = False) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spanqa.config import ReaderConfig
-from spanqa.default_model import BASE_PACKAGE, base_model_path, default_model_dir
+from spanqa.default_model import BASE_PACKAGE, PACKAGE_PREFIX, base_model_path, default_model_dir
 from spanqa.errors import ModelError
 from spanqa.validation import json_error, umask_mode
 
@@ -202,7 +202,7 @@ def pack_delta(model: SpanModel, config: ReaderConfig, out_dir: str | Path, base
         files.append(name)
     save_file(head_state(model), str(out / HEADS_FILE))
     umask_mode([out / f for f in (*files, HEADS_FILE)])
-    meta = replace(config, base="package:" + BASE_PACKAGE).to_dict()
+    meta = replace(config, base=PACKAGE_PREFIX + BASE_PACKAGE).to_dict()
     meta["encoder_delta"] = {"files": files, "base_sha256": base_sha256 or base_fingerprint(base_dir),
                              "base_rounding": "float16", "dtype": "float16"}
     (out / SPANQA_JSON).write_text(json.dumps(meta, indent=2) + "\n")
