@@ -75,6 +75,9 @@ def test_short_real_training_run_lowers_the_loss(base_dir, tmp_path):
     assert summary["dev"]["f1"] > 50.0
 
 
+CPU = torch.device("cpu")
+
+
 def test_forward_passes_split_micro_batches_under_the_token_budget():
     """Each pass holds at most max_batch_tokens padded tokens (or one window), every window once, in step order."""
     from types import SimpleNamespace
@@ -84,7 +87,7 @@ def test_forward_passes_split_micro_batches_under_the_token_budget():
     from spanqa.training import forward_passes
 
     lengths = [64, 60, 33, 30, 10, 200, 8, 8]
-    run = SimpleNamespace(windows=[[0] * n for n in lengths], env=DistEnv(),
+    run = SimpleNamespace(windows=[[0] * n for n in lengths], env=DistEnv(), reader=SimpleNamespace(device=CPU),
                           cfg=SimpleNamespace(optim=OptimConfig(max_batch_tokens=128)))
     group = [[0, 1, 2, 3, 4], [5, 6, 7]]
     passes = forward_passes(run, group)
@@ -94,6 +97,28 @@ def test_forward_passes_split_micro_batches_under_the_token_budget():
     run.env = DistEnv(1, 2, 0, True)  # rank 1 of 2 splits only its own slice
     assert forward_passes(run, [[7, 6, 5]]) == [([6], 1.0)]
     assert forward_passes(run, [[5]]) == [([5], 0.0)]  # an empty slice: the stand-in, weight 0
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", 2048), ("cuda", 2**62)])
+def test_the_default_token_budget_splits_on_a_cpu_only(device, expected):
+    """--max-batch-tokens 0 (the default): 2048 padded tokens per pass on a CPU; on a GPU the whole micro-batch, so a
+    step is one forward pass (the device, not Python, sets the pace); a value set is kept on either."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from spanqa.config import OptimConfig
+    from spanqa.distributed import DistEnv
+    from spanqa.training import forward_passes, pass_tokens
+
+    assert OptimConfig().max_batch_tokens == 0
+    assert pass_tokens(0, torch.device(device)) == expected
+    assert pass_tokens(300, torch.device(device)) == 300
+    run = SimpleNamespace(windows=[[0] * 384] * 32, env=DistEnv(), reader=SimpleNamespace(device=torch.device(device)),
+                          cfg=SimpleNamespace(optim=OptimConfig()))
+    passes = forward_passes(run, [list(range(32))])
+    assert len(passes) == (7 if device == "cpu" else 1)  # 5 windows of 384 in 2048 tokens: 7 passes
+    assert sorted(i for p, _ in passes for i in p) == list(range(32))
 
 
 def test_the_token_budget_bounds_memory_without_changing_the_step(tmp_path, tokenizer):

@@ -134,15 +134,17 @@ class OptimConfig:
     lr: float = opt(1e-4, "peak learning rate")
     batch_size: int = opt(32, "windows per micro-batch (global, over all processes)")
     grad_accum: int = opt(1, "micro-batches per optimiser step")
-    max_batch_tokens: int = opt(2048, "padded tokens per forward pass, at most: a larger micro-batch runs in pieces "
-                                      "whose gradients add up (the same step, in bounded memory)")
+    max_batch_tokens: int = opt(0, "padded tokens per forward pass, at most (0: 2048 on a CPU, the whole micro-batch "
+                                   "on a GPU): a larger micro-batch runs in pieces whose gradients add up (the same "
+                                   "step, in bounded memory)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
     warmup: float = opt(0.1, "fraction of the schedule spent warming up")
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
 
     def __post_init__(self) -> None:
         at_least(self, "lr", 0, strict=True)
-        at_least(self, "batch_size grad_accum max_batch_tokens", 1)
+        at_least(self, "batch_size grad_accum", 1)
+        at_least(self, "max_batch_tokens", 0)
 
 
 @dataclass(frozen=True)
