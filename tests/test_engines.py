@@ -70,7 +70,8 @@ def test_graph_is_fused_and_cached(tiny_reader, cache, monkeypatch):
     meta = json.loads((path / engines.EXPORT_JSON).read_text())
     n_layers = tiny_reader.model.encoder.config.num_hidden_layers
     assert meta["fused_operators"]["Attention"] == n_layers  # eager export: ORT fused every attention block
-    assert meta["fused_operators"]["SkipLayerNormalization"] == 2 * n_layers
+    assert meta["fused_operators"]["LayerNormalization"] == 2 * n_layers  # Add + LayerNorm: faster than ORT's Skip-
+    assert "SkipLayerNormalization" not in meta["fused_operators"]      # LayerNormalization kernel (engines.UNFUSED)
     assert meta["int8"] and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
 
     def no_rebuild(*a, **k):
@@ -82,6 +83,26 @@ def test_graph_is_fused_and_cached(tiny_reader, cache, monkeypatch):
         tiny_reader.model.begin_head.net.bias += 1.0  # new weights: a new graph
     with pytest.raises(AssertionError, match="rebuilt"):
         engines.cached_graph(tiny_reader.model, int8=True, cache_dir=cache)
+
+
+def test_the_session_keeps_the_layer_norms_unfused(tiny_reader, cache, tmp_path):
+    """ORT's own level-2 optimiser would fuse Add + LayerNormalization back into SkipLayerNormalization; the engine's
+    sessions disable that fusion (the optimised graph ORT writes out has none), and the answers are unchanged."""
+    import onnx
+    import onnxruntime as ort
+
+    import spanqa.engines as engines
+
+    graph = engines.cached_graph(tiny_reader.model, int8=True, cache_dir=cache) / engines.GRAPH_FILE
+    ops = {}
+    for disabled in ([], engines.UNFUSED):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+        ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        ops[len(disabled)] = {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    assert "SkipLayerNormalization" in ops[0]  # the fusion is real, so disabling it is what keeps it out
+    assert "SkipLayerNormalization" not in ops[1] and "LayerNormalization" in ops[1]
 
 
 def test_engine_errors(tiny_reader):
@@ -239,3 +260,47 @@ def test_the_cached_answer_path_imports_neither_torch_nor_transformers(tiny_mode
     assert first == {"rc": 0, "torch": True, "transformers": True}
     assert second == {"rc": 0, "torch": False, "transformers": False}
     assert answer2 == answer1
+
+
+def test_torch_bf16_is_torch_in_bf16_on_the_cpu(tiny_reader, monkeypatch):
+    """`torch-bf16` runs the same network under bf16 autocast: logits within bf16 rounding of fp32 (not equal: the
+    autocast is really on); a CPU without AMX or AVX-512 BF16 gets a warning; `torch` is fp32 again after."""
+    import warnings
+
+    import spanqa.engines as engines
+
+    batch = a_batch(tiny_reader)
+    ref_b, ref_e = tiny_reader.logits(batch)
+    monkeypatch.setattr(engines, "cpu_has_fast_bf16", lambda: True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tiny_reader.set_engine("torch-bf16")
+        assert isinstance(tiny_reader.engine, TorchEngine) and tiny_reader.engine_name == "torch-bf16"
+        b, e = tiny_reader.logits(batch)
+        live = batch["span_mask"].astype(bool)
+        assert not np.array_equal(b[live], ref_b[live])
+        scale = np.abs(ref_b[live]).max() + np.abs(ref_e[live]).max()
+        assert np.abs(b[live] - ref_b[live]).max() < 0.05 * scale
+        assert np.abs(e[live] - ref_e[live]).max() < 0.05 * scale
+        monkeypatch.setattr(engines, "cpu_has_fast_bf16", lambda: False)
+        with pytest.warns(UserWarning, match="no AMX"):
+            tiny_reader.set_engine("torch-bf16")
+    finally:
+        tiny_reader.set_engine("torch")
+    assert np.array_equal(tiny_reader.logits(batch)[0], ref_b)
+
+
+def test_cpu_has_fast_bf16_reads_the_flags(monkeypatch, tmp_path):
+    import builtins
+
+    import spanqa.engines as engines
+
+    real_open = builtins.open
+    for flags, want in (("fpu avx2 avx512f amx_bf16 amx_tile", True), ("fpu avx512_bf16", True),
+                        ("fpu avx2 avx512f", False)):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open",
+                            lambda p, *a, **k: real_open(tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else p, *a, **k))
+        assert engines.cpu_has_fast_bf16() is want
+        monkeypatch.setattr(builtins, "open", real_open)

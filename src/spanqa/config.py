@@ -12,7 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass,
 
 from spanqa.errors import ConfigError, ModelError
 
-ENGINES = ("auto", "torch", "onnx", "onnx-int8")  # what runs the network: see spanqa.engines
+ENGINES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")  # what runs the network: see spanqa.engines
+TORCH_ENGINES = ("torch", "torch-bf16")  # on any device; the ONNX ones on the CPU
 DEVICES_HELP = "cpu, cuda, cuda:N or auto (a GPU when there is one)"
 API_KEY_ENV = "SPANQA_API_KEY"
 MAX_CONTEXT_BYTES = 16 * 2**20  # ~4M tokens, minutes of CPU time; an endless input stops here, not out of memory

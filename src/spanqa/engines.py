@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spanqa.config import ENGINES
+from spanqa.config import ENGINES, TORCH_ENGINES
 from spanqa.errors import ConfigError, ModelError
 from spanqa.validation import umask_mode
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # torch loads with the torch engine or an export, never for a
 GRAPH_FILE = "model.onnx"
 EXPORT_JSON = "export.json"
 OPSET = 17
-EXPORT_FORMAT = 2  # bump when the graph's layout changes, to invalidate cached graphs
+EXPORT_FORMAT = 3  # bump when the graph's layout changes, to invalidate cached graphs
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -56,7 +56,7 @@ CPU_ENGINE = "onnx-int8"
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if engine not in ("torch", "auto"):
+    if engine not in (*TORCH_ENGINES, "auto"):
         need_onnx()
     return engine
 
@@ -67,6 +67,16 @@ def resolve_engine(engine: str, device_type: str) -> str:
     if check_engine(engine) != "auto":
         return engine
     return CPU_ENGINE if device_type == "cpu" else "torch"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX, or AVX-512 BF16), from /proc/cpuinfo's flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def need_onnx() -> None:
@@ -80,12 +90,17 @@ def need_onnx() -> None:
 
 # ---- the runtime ---------------------------------------------------------------------------------------------------
 class TorchEngine:
-    """The SpanModel in PyTorch on the model's device (bf16 autocast on a GPU); numpy in, numpy out."""
+    """The SpanModel in PyTorch on the model's device (bf16 autocast on a GPU, and with `bf16` on a CPU too); numpy
+    in, numpy out."""
 
     batch_tokens = 4096  # padded tokens per forward pass (Reader.max_batch_tokens)
 
-    def __init__(self, model: SpanModel):
-        self.model = model
+    def __init__(self, model: SpanModel, bf16: bool = False):
+        self.model, self.bf16 = model, bf16
+        dev = next(model.parameters()).device
+        if bf16 and dev.type == "cpu" and not cpu_has_fast_bf16():
+            warnings.warn("torch-bf16: this CPU has no AMX or AVX-512 BF16 instructions, so bf16 runs slower than "
+                          "fp32 here; --engine onnx-int8 or torch is faster", stacklevel=2)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -93,7 +108,8 @@ class TorchEngine:
         dev = next(self.model.parameters()).device
         args = (torch.from_numpy(batch[k]).to(dev) for k in ("input_ids", "attention_mask", "span_mask",
                                                               "token_type_ids"))
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        bf16 = self.bf16 or dev.type == "cuda"
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             begin, end = self.model(*args)
         return begin.float().cpu().numpy(), end.float().cpu().numpy()
 
@@ -117,7 +133,8 @@ class OnnxEngine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=UNFUSED)
         except Exception as e:  # ORT raises its own exception types for unreadable or invalid graphs
             raise ModelError(f"{graph}: cannot open ONNX graph: {str(e).splitlines()[0]}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -135,8 +152,8 @@ Engine = TorchEngine | OnnxEngine  # a collated batch -> masked (begin, end) log
 def load_engine(kind: str, model: SpanModel, cache_dir: str | Path | None = None,
                 threads: int | None = None) -> Engine:
     """The engine for `kind` (not auto: see resolve_engine); an ONNX one opens the cached graph, built on first use."""
-    if check_engine(kind) == "torch":
-        return TorchEngine(model)
+    if check_engine(kind) in TORCH_ENGINES:
+        return TorchEngine(model, bf16=kind == "torch-bf16")
     return OnnxEngine(cached_graph(model, int8=kind == "onnx-int8", cache_dir=cache_dir) / GRAPH_FILE, threads)
 
 
@@ -287,7 +304,7 @@ def export_onnx(model: SpanModel, out: str | Path, int8: bool = False, opset: in
                               output_names=["begin_logits", "end_logits"], dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True, dynamo=False)
         fused = optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads,
-                               hidden_size=cfg.hidden_size, opt_level=0)
+                               hidden_size=cfg.hidden_size, opt_level=0, optimization_options=fusion_options())
         stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
         target = out / GRAPH_FILE
         if int8:
@@ -304,6 +321,21 @@ def export_onnx(model: SpanModel, out: str | Path, int8: bool = False, opset: in
             **(extra or {})}
     (out / EXPORT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+# ORT's SkipLayerNormalization kernel took 1.4 ms per [6, 170, 384] input on the 2-core Xeon (12 of them: 22 % of an
+# int8 forward pass); Add + LayerNormalization in its place answered 1.09-1.24x faster. So neither the exporter nor the
+# session fuses them.
+UNFUSED = ["SkipLayerNormFusion"]
+
+
+def fusion_options():
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
+    return options
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

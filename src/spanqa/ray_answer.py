@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spanqa.batch_answer import FIELDS, Record, answer_line, bad_line, check_record, fingerprint, parse_line, read_lines
-from spanqa.config import MAX_CONTEXT_BYTES, RayConfig, RunConfig
+from spanqa.config import MAX_CONTEXT_BYTES, TORCH_ENGINES, RayConfig, RunConfig
 from spanqa.errors import ConfigError, DataError, SpanqaError
 from spanqa.validation import Invalid, check_output
 
@@ -381,7 +381,7 @@ class ReaderActor:
 
         limit_heap_growth()  # batches of varying shapes, for hours: as `answer --input` and the server
         j = self.job
-        if j.run.engine == "torch":
+        if j.run.engine in TORCH_ENGINES:
             import torch
 
             torch.set_num_threads(j.threads)

@@ -19,7 +19,7 @@ import numpy as np
 
 from spanqa import calibration, checkpoint
 from spanqa.calibration import Calibration
-from spanqa.config import DEVICES_HELP, ENGINES, ReaderConfig
+from spanqa.config import DEVICES_HELP, ENGINES, TORCH_ENGINES, ReaderConfig
 from spanqa.decoding import SpanCandidate, is_no_answer, merge_spans
 from spanqa.default_model import default_model_dir, resolve_base
 from spanqa.errors import ConfigError, ModelError
@@ -151,7 +151,8 @@ class Reader:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.device = resolve_device("cpu" if engine not in ("torch", "auto") and device in (None, "auto") else device)
+        self.device = resolve_device("cpu" if engine not in (*TORCH_ENGINES, "auto") and device in (None, "auto")
+                                     else device)
         self.model.to(self.device).eval()
         check_settings(config.format, tokenizer, encoder_max_positions(model.encoder.config))
         self._template = pair_template(tokenizer)
@@ -195,7 +196,7 @@ class Reader:
         from spanqa.engines import load_engine, resolve_engine
 
         engine = resolve_engine(engine, self.device.type)
-        if engine != "torch" and self.device.type != "cpu":
+        if engine not in TORCH_ENGINES and self.device.type != "cpu":
             raise ConfigError(f"engine {engine} runs on the CPU; use device cpu (or the torch engine on {self.device})")
         self.engine_name = engine
         self.engine = load_engine(engine, self.model, cache_dir, threads)
@@ -248,7 +249,7 @@ class Reader:
         if not (device == "cpu" or (device in (None, "auto") and not gpu_possible())):
             return None
         kind = resolve_engine(engine, "cpu")
-        files = checkpoint.inference_files(path) if kind != "torch" else None
+        files = checkpoint.inference_files(path) if kind not in TORCH_ENGINES else None
         hit = recall(files, int8=kind == "onnx-int8") if files else None
         if hit is None:
             return None
