@@ -8,6 +8,8 @@ count, and the machine's load average is recorded around every phase (the number
     python benchmarks/train_memory.py                               # fp32 and bf16 with the default token budget
     python benchmarks/train_memory.py --settings fp32:100000 fp32:2048 bf16:2048 --max-steps 30
     python benchmarks/train_memory.py --questions 20 --max-steps 2  # a smoke run
+    # bf16 against fp32 after the same steps: dev F1 of each trained model (torch fp32 engine, first N questions)
+    python benchmarks/train_memory.py --questions 3000 --max-steps 60 --dev-limit 1000 --settings bf16:2048 fp32:2048
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, TRAIN_V11, versions, write_json  # noqa: E402
+from common import DEV_V11, OUT, TRAIN_V11, versions, write_json  # noqa: E402
 
 
 def first_questions(n: int, path: Path) -> Path:
@@ -57,6 +59,15 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
                                        "matmul_gflops_per_s", "loss_ema", "threads")}}
 
 
+def dev_f1(model: Path, limit: int) -> dict:
+    """The trained model on the first `limit` dev-v1.1 questions, torch fp32 (the same engine for every setting)."""
+    cmd = [sys.executable, "-m", "spanqa", "evaluate", "--model", str(model), "--data", str(DEV_V11), "--limit",
+           str(limit), "--engine", "torch", "--json", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    metrics = json.loads(out.stdout)
+    return {"dev_questions": limit, "dev_f1": metrics["f1"], "dev_em": metrics["exact_match"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", type=int, default=300)
@@ -64,6 +75,7 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["fp32:2048", "bf16:2048"], metavar="PRECISION:TOKENS",
                    help="precision and --max-batch-tokens of each run (100000: no budget, as before it existed)")
     p.add_argument("--threads", type=int, default=None, help="trainer threads (default: torch's)")
+    p.add_argument("--dev-limit", type=int, default=0, help="score each trained model on this many dev questions")
     args = p.parse_args()
     import torch
 
@@ -83,6 +95,9 @@ def main() -> None:
         precision, budget = setting.split(":")
         row = train_once(data, run / f"{precision}-{budget}", precision, int(budget), args)
         row["share_of_ceiling"] = row["matmul_gflops_per_s"] / ceilings[precision]["gflops"]
+        if args.dev_limit:
+            row.update(dev_f1(run / f"{precision}-{budget}", args.dev_limit))
+            print(f"{precision}: dev F1 {row['dev_f1']:.2f} on {args.dev_limit} questions", flush=True)
         rows.append(row)
         print(f"{precision} max_batch_tokens {budget}: peak RSS {row['peak_rss_gb']:.2f} GB, {row['tokens_per_s']:.0f} "
               f"real tokens/s, {row['matmul_gflops_per_s']:.1f} matmul GFLOP/s = {row['share_of_ceiling']:.0%} of the "
