@@ -230,7 +230,8 @@ def main() -> None:
     p.add_argument("--ks", default="1,5,10,20", help="passages read per question")
     p.add_argument("--latency-questions", type=int, default=100)
     p.add_argument("--model", help="spanqa reader (default: the shipped model)")
-    p.add_argument("--engine", default="auto", help="auto (the default: onnx-int8 on a CPU), torch, onnx, onnx-int8")
+    p.add_argument("--engine", default="auto", help="auto (the default: onnx-int8 on a CPU), torch, torch-bf16, onnx, "
+                                                    "onnx-int8")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--anchor", choices=["none", "haystack"], default="none")
     p.add_argument("--bm25-weight", type=float, help="override the weight of BM25 in the answers' score")
