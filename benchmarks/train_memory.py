@@ -37,11 +37,14 @@ def first_questions(n: int, path: Path) -> Path:
     return path
 
 
-def train_once(data: Path, out: Path, precision: str, budget: int, args: argparse.Namespace) -> dict:
+def train_once(data: Path, out: Path, precision: str, budget: int, args: argparse.Namespace,
+               attention_dropout: str | None = None) -> dict:
     """One `spanqa train` process: its summary, peak RSS and wall time."""
     cmd = [sys.executable, "-m", "spanqa", "train", "--train", str(data), "--out", str(out), "--max-steps",
            str(args.max_steps), "--seed", "3", "--precision", precision, "--max-batch-tokens", str(budget),
            "--save-every", "0", "--no-progress", "--device", "cpu"]
+    if attention_dropout is not None:
+        cmd += ["--attention-dropout", attention_dropout]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -53,7 +56,8 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed; see {out.with_suffix('.log')}")
     summary = json.loads(stdout[stdout.index("{") :])
-    return {"precision": precision, "max_batch_tokens": budget, "peak_rss_gb": usage.ru_maxrss / 2**20,
+    return {"precision": precision, "max_batch_tokens": budget, "attention_dropout": attention_dropout,
+            "peak_rss_gb": usage.ru_maxrss / 2**20,
             "wall_s": round(time.perf_counter() - t0, 1), "load_before": load_before, "load_after": os.getloadavg(),
             **{k: summary[k] for k in ("steps", "train_seconds", "real_tokens", "padded_tokens", "tokens_per_s",
                                        "matmul_gflops_per_s", "loss_ema", "threads")}}
@@ -72,8 +76,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", type=int, default=300)
     p.add_argument("--max-steps", type=int, default=30, help="(300 questions, batch 32: 20 steps in 2 epochs)")
-    p.add_argument("--settings", nargs="+", default=["fp32:2048", "bf16:2048"], metavar="PRECISION:TOKENS",
-                   help="precision and --max-batch-tokens of each run (100000: no budget, as before it existed)")
+    p.add_argument("--settings", nargs="+", default=["fp32:2048", "bf16:2048"], metavar="PRECISION:TOKENS[:P]",
+                   help="precision, --max-batch-tokens (100000: no budget, as before it existed) and optionally "
+                        "--attention-dropout of each run")
     p.add_argument("--threads", type=int, default=None, help="trainer threads (default: torch's)")
     p.add_argument("--dev-limit", type=int, default=0, help="score each trained model on this many dev questions")
     args = p.parse_args()
@@ -92,15 +97,16 @@ def main() -> None:
               f"(load {ceilings[name]['load'][0]:.2f})", flush=True)
     rows = []
     for setting in args.settings:
-        precision, budget = setting.split(":")
-        row = train_once(data, run / f"{precision}-{budget}", precision, int(budget), args)
+        precision, budget, *attn = setting.split(":")
+        name = "-".join([precision, budget, *attn])
+        row = train_once(data, run / name, precision, int(budget), args, attn[0] if attn else None)
         row["share_of_ceiling"] = row["matmul_gflops_per_s"] / ceilings[precision]["gflops"]
         if args.dev_limit:
-            row.update(dev_f1(run / f"{precision}-{budget}", args.dev_limit))
-            print(f"{precision}: dev F1 {row['dev_f1']:.2f} on {args.dev_limit} questions", flush=True)
+            row.update(dev_f1(run / name, args.dev_limit))
+            print(f"{name}: dev F1 {row['dev_f1']:.2f} on {args.dev_limit} questions", flush=True)
         rows.append(row)
-        print(f"{precision} max_batch_tokens {budget}: peak RSS {row['peak_rss_gb']:.2f} GB, {row['tokens_per_s']:.0f} "
-              f"real tokens/s, {row['matmul_gflops_per_s']:.1f} matmul GFLOP/s = {row['share_of_ceiling']:.0%} of the "
+        print(f"{name}: peak RSS {row['peak_rss_gb']:.2f} GB, {row['tokens_per_s']:.0f} real tokens/s, "
+              f"{row['matmul_gflops_per_s']:.1f} matmul GFLOP/s = {row['share_of_ceiling']:.0%} of the "
               f"{precision} ceiling, loss_ema {row['loss_ema']:.4f} (load {row['load_before'][0]:.2f} -> "
               f"{row['load_after'][0]:.2f})", flush=True)
     path = write_json(f"{run.name}.json", {"settings": vars(args), "versions": versions(), "ceilings": ceilings,

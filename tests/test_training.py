@@ -141,3 +141,48 @@ def test_the_token_budget_bounds_memory_without_changing_the_step(tmp_path, toke
     diff = max_abs_diff({k: w_whole[k] for k in rest}, {k: w_split[k] for k in rest})
     assert moved > 1e-3 and diff < 5e-6, (moved, diff)
     assert split["loss_ema"] == pytest.approx(whole["loss_ema"], rel=1e-5)
+
+
+def test_attention_dropout_zero_trains_as_a_base_without_it(tmp_path, tokenizer):
+    """--attention-dropout 0 on a base whose attention dropout is 0.1 gives exactly the weights of the same base
+    saved with 0 (hidden dropout off in both, so nothing else is random); without the flag the 0.1 is live and the
+    weights differ. The value is in the saved recipe; a value outside [0, 1) is refused."""
+    import shutil
+
+    from tinytrain import make_base, max_abs_diff, weights, write_train_jsonl
+
+    from spanqa.errors import ConfigError
+
+    plain = make_base(tmp_path / "plain", tokenizer, dropout=0.0)
+    noisy = tmp_path / "noisy"
+    shutil.copytree(plain, noisy)
+    cfg = json.loads((noisy / "config.json").read_text())
+    cfg["attention_probs_dropout_prob"] = 0.1
+    (noisy / "config.json").write_text(json.dumps(cfg))
+    data = write_train_jsonl(tmp_path / "train.jsonl", 12)
+    flat = dict(train=str(data), max_steps=3, batch_size=8, lr=1e-3, max_seq_len=64, doc_stride=16,
+                max_question_len=16, save_every=0, progress=False, device="cpu", threads=1, seed=5)
+    train(TrainConfig.from_flat(**flat, base=str(plain), out=str(tmp_path / "a")))
+    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "b"), attention_dropout=0.0))
+    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "c")))
+    a, b, c = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
+    assert max_abs_diff(a, b) == 0.0
+    assert max_abs_diff(a, c) > 1e-4
+    saved = json.loads((tmp_path / "b" / "spanqa.json").read_text())
+    assert saved["training"]["recipe"]["attention_dropout"] == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="attention_dropout"):
+            TrainConfig.from_flat(**flat, base=str(plain), out=str(tmp_path / "d"), attention_dropout=bad)
+
+
+def test_attention_dropout_needs_an_encoder_that_has_one():
+    from types import SimpleNamespace
+
+    from spanqa.errors import ConfigError
+    from spanqa.training import set_attention_dropout
+
+    model = SimpleNamespace(encoder=torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+    set_attention_dropout(model, None)  # not asked: nothing to find
+    with pytest.raises(ConfigError, match="no attention dropout found in Sequential"):
+        set_attention_dropout(model, 0.0)
+    assert model.encoder[1].p == 0.1

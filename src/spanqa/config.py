@@ -191,6 +191,9 @@ class TrainConfig:
     train_layers: int | None = opt(None, "train only the top N encoder layers and the heads (0: the heads only)")
     freeze_word_embeddings: bool = opt(True, "also train the word embeddings", flag="train-embeddings",
                                        invert=True)
+    attention_dropout: float | None = opt(None, "dropout on the attention probabilities while training (default: "
+                                                "the base's, 0.1 for MiniLM and MPNet); 0 lets torch use its fused "
+                                                "attention kernel on a CPU")
     skip_invalid: bool = opt(False, "count and skip invalid records instead of stopping")
     device: str = opt("auto", DEVICES_HELP)
     precision: str = opt("auto", "matmul precision: bf16 autocast, or fp32 (auto: bf16 on a GPU, fp32 on a CPU)",
@@ -205,6 +208,8 @@ class TrainConfig:
         at_least(self, "max_examples threads", 1)
         at_least(self, "eval_every save_every eval_limit train_layers", 0)
         at_least(self, "log_every", 1)
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise ConfigError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
 
     def flat(self) -> dict:
         """The recipe as one flat dict of leaf settings (as saved in checkpoints and spanqa.json's training)."""

