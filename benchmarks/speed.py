@@ -258,10 +258,8 @@ def main() -> None:
     results = []
     print("hf-pipeline (transformers 4.57.6) on", hf_dir, flush=True)
     res = out / "speed_hf-pipeline.json"
-    run_child([args.hf_python, str(HERE / "hf_pipeline_worker.py"), str(inputs), str(hf_dir), str(res),
-               "--threads", str(args.threads), "--batch-sizes", args.pipeline_batch_sizes,
-               "--sweep-questions", str(args.sweep_questions), "--repeats", str(args.repeats)], env)
-    results.append({**json.loads(res.read_text()), "weights": "linear-hf"})
+    run_child(worker_cmd(args, None, str(hf_dir), inputs, res, args.pipeline_batch_sizes), env)
+    results.append({**json.loads(res.read_text()), "weights": "linear-hf", "model": str(hf_dir)})
     plan = [(e, str(hf_dir), "linear-hf") for e in engines]
     if not args.skip_default_model:
         plan += [(e, "default", "default (MLP)") for e in engines]
@@ -276,17 +274,14 @@ def main() -> None:
         print(f"spanqa {engine} on {weights}", flush=True)
         res = out / f"speed_{engine}_{'default' if model == 'default' else 'linear'}.json"
         sizes = args.batch_sizes if model != "default" else [best_batch(results, engine)]
-        run_child([sys.executable, str(Path(__file__).resolve()), "--worker", "--engine", engine, "--model", model,
-                   "--inputs", str(inputs), "--result", str(res), "--threads", str(args.threads),
-                   "--batch-sizes", ",".join(map(str, sizes)), "--sweep-questions", str(args.sweep_questions),
-                   "--repeats", str(args.repeats)], env)
+        run_child(worker_cmd(args, engine, model, inputs, res, ",".join(map(str, sizes))), env)
         results.append({**json.loads(res.read_text()), "weights": weights})
     for r in results:
         score(r, data)
     rounds = [[r["questions_per_second"] for r in results]]
     for k in range(2, args.rounds + 1):  # the systems in turn again: a slow spell of the machine hits all of them
         print(f"round {k}", flush=True)
-        rounds.append(rerun(args, results, inputs, hf_dir, env, out))
+        rounds.append(rerun(args, results, inputs, env, out))
     cold = {e: cold_start(e, env) for e in engines}
     report = summarize(args, results, ceiling, cold, data, rounds)
     report["first_use_seconds_with_graph_build"] = first_use
@@ -295,18 +290,23 @@ def main() -> None:
     print(f"wrote {out / 'speed.json'}")
 
 
-def rerun(args, results: list[dict], inputs: Path, hf_dir: Path, env: dict, out: Path) -> list[float]:
+def worker_cmd(args, engine: str | None, model: str, inputs: Path, res: Path, batch_sizes: str) -> list[str]:
+    """One system's worker process: the pipeline (engine None, in its own venv) or spanqa with `engine`."""
+    if engine is None:
+        cmd = [args.hf_python, str(HERE / "hf_pipeline_worker.py"), str(inputs), model, str(res)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--engine", engine, "--model", model,
+               "--inputs", str(inputs), "--result", str(res)]
+    return [*cmd, "--threads", str(args.threads), "--batch-sizes", batch_sizes,
+            "--sweep-questions", str(args.sweep_questions), "--repeats", str(args.repeats)]
+
+
+def rerun(args, results: list[dict], inputs: Path, env: dict, out: Path) -> list[float]:
     """Each system of the first round once more, in the same order, at the batch size it chose there; its q/s."""
     qps = []
     for r in results:
         res = out / "speed_round.json"
-        if r["system"] == "hf-pipeline":
-            cmd = [args.hf_python, str(HERE / "hf_pipeline_worker.py"), str(inputs), str(hf_dir), str(res)]
-        else:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--engine", r["engine"], "--model",
-                   r["model"], "--inputs", str(inputs), "--result", str(res)]
-        run_child([*cmd, "--threads", str(args.threads), "--batch-sizes", str(r["batch_size"]),
-                   "--sweep-questions", str(args.sweep_questions), "--repeats", str(args.repeats)], env)
+        run_child(worker_cmd(args, r.get("engine"), r["model"], inputs, res, str(r["batch_size"])), env)
         qps.append(json.loads(res.read_text())["questions_per_second"])
     return qps
 
@@ -323,14 +323,13 @@ def summarize(args, results, ceiling, cold, data, rounds: list[list[float]]) -> 
 
     pipe, cpu = results[0], cpu_info()
     rows = []
-    for r in results:
+    for i, r in enumerate(results):
         fp32 = next((x for x in results if x["weights"] == r["weights"] and x.get("engine") == "torch"), None)
         row = {k: r.get(k) for k in (
             "system", "weights", "batch_size", "questions_per_second", "f1", "em", "latency_p50_ms", "latency_p99_ms",
             "peak_rss_mb", "long_questions_per_second", "long_f1", "forward_gflops", "forward_useful_gflops",
             "forward_share", "padding_overhead", "matmul_ceiling_gflops", "load_seconds", "build_seconds",
             "batch_sweep_qps", "all_seconds", "threads")}
-        i = results.index(r)
         row["qps_by_round"] = [qps[i] for qps in rounds]
         row["speedup_by_round"] = [qps[i] / qps[0] for qps in rounds]
         row["speedup_vs_pipeline"] = statistics.median(row["speedup_by_round"])

@@ -295,7 +295,12 @@ def test_cpu_has_fast_bf16_reads_the_flags(monkeypatch, tmp_path):
     import builtins
 
     import spanqa.engines as engines
+    import spanqa.perf as perf
 
+    def no_lscpu(*a, **k):
+        raise OSError("no lscpu here")
+
+    monkeypatch.setattr(perf.subprocess, "run", no_lscpu)  # the /proc/cpuinfo path, fed the flags below
     real_open = builtins.open
     for flags, want in (("fpu avx2 avx512f amx_bf16 amx_tile", True), ("fpu avx512_bf16", True),
                         ("fpu avx2 avx512f", False)):

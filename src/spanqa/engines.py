@@ -70,13 +70,10 @@ def resolve_engine(engine: str, device_type: str) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX, or AVX-512 BF16), from /proc/cpuinfo's flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """Whether this CPU multiplies bf16 matrices natively (AMX, or AVX-512 BF16), from its flags (spanqa.perf)."""
+    from spanqa.perf import cpu_model_and_flags
+
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_model_and_flags()[1].split()))
 
 
 def need_onnx() -> None:

@@ -7,7 +7,6 @@ figures by `matmul_ceiling`, measured in the same run, to report a share of the 
 from __future__ import annotations
 
 import platform
-import re
 import subprocess
 import time
 
@@ -58,9 +57,8 @@ def matmul_ceiling(hidden: int = 384, inter: int = 1536, tokens: int = 8192, squ
         torch.set_num_threads(old)
 
 
-def cpu_info() -> dict:
-    """The CPU's model name and flags (from lscpu, else /proc/cpuinfo), the matmul-relevant features as booleans,
-    and the instruction set torch dispatches to, for benchmark reports."""
+def cpu_model_and_flags() -> tuple[str, str]:
+    """The CPU's model name and flags line, from lscpu, else /proc/cpuinfo (empty strings where neither says)."""
     fields = {}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=True).stdout
@@ -80,7 +78,14 @@ def cpu_info() -> dict:
                         flags = value.strip()
         except OSError:
             pass
-    present = set(re.split(r"\s+", flags.strip())) if flags.strip() else set()
+    return model, flags
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and flags, the matmul-relevant features as booleans, and the instruction set torch
+    dispatches to, for benchmark reports."""
+    model, flags = cpu_model_and_flags()
+    present = set(flags.split())
     return {"model_name": model or platform.processor() or platform.machine(), "flags": flags,
             **{feat: feat in present for feat in CPU_FEATURES},
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
