@@ -9,6 +9,7 @@ import pytest
 
 from spanqa.ask import Index, answer_key, says_no_answer
 from spanqa.cli import main
+from spanqa.collection import VERSION
 from spanqa.config import IndexConfig
 from spanqa.decoding import SpanCandidate
 from spanqa.reader import Prediction
@@ -202,7 +203,7 @@ def test_an_index_from_another_version_is_refused_by_ask(folder, tmp_path, tiny_
     manifest = json.loads((idx / "index.json").read_text())
     (idx / "index.json").write_text(json.dumps({**manifest, "version": 99}))
     assert main(["ask", "--index", str(idx), "--model", str(tiny_model_dir), "--question", "Who?"]) == 2
-    assert "index.json: index format version 99, and this spanqa reads version 1" in capsys.readouterr().err
+    assert f"index.json: index format version 99, and this spanqa reads version {VERSION};" in capsys.readouterr().err
 
 
 def test_default_model_finds_the_answer_among_documents(folder, tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from spanqa.cli import main
-from spanqa.collection import Collection, cut_passages, words
-from spanqa.config import IndexConfig
+from spanqa.collection import VERSION, Collection, Terms, cut_passages, words
+from spanqa.config import IndexConfig, SettingError
 from spanqa.documents import find_sources, html_text, read_source
 from spanqa.errors import DataError
 
@@ -62,6 +62,31 @@ def test_short_paragraphs_pack_and_long_ones_split_at_sentences():
 
 def test_tokenizer_keeps_one_character_words_and_folds_case_and_width():
     assert words("Apollo 7 had 3 crew; x = Ｘ. É-é") == ["apollo", "7", "had", "3", "crew", "x", "x", "é", "é"]
+
+
+def test_terms_are_snowball_stems_unless_the_stemmer_is_none():
+    assert Terms("english")("Publishing 3 published books; publishes") == ["publish", "3", "publish", "book", "publish"]
+    assert Terms("none")("Publishing books") == ["publishing", "books"]
+    with pytest.raises(SettingError, match="stemmer.*klingon"):
+        IndexConfig(stemmer="klingon")
+
+
+def test_stems_and_title_words_find_what_exact_words_miss(tmp_path):
+    docs = distractors(200) + [
+        {"id": "stem", "text": "The committee publishes its findings every spring."},
+        {"id": "titled", "title": "Hindenburg_disaster", "text": "The airship burned while docking at Lakehurst."}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+
+    def top(cfg: IndexConfig, q: str) -> list[str]:
+        index = Collection.build([tmp_path / "d.jsonl"], tmp_path / f"idx-{cfg.stemmer}-{cfg.title_words}", cfg)
+        return [index.documents[index.passage(p).document]["id"] for p, _ in index.search(q, 3)]
+
+    assert top(IndexConfig(), "Finding published when?")[0] == "stem"
+    assert "stem" not in top(IndexConfig(stemmer="none"), "Finding published when?")
+    assert top(IndexConfig(), "What ended Hindenburg?") == ["titled"]  # the title holds the only shared word
+    assert top(IndexConfig(title_words=False), "What ended Hindenburg?") == []
+    loaded = Collection.load(tmp_path / "idx-english-True")  # the query is stemmed as the index was built
+    assert loaded.search("findings publishing", 1) == loaded.search("finding published", 1) != []
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
@@ -198,7 +223,8 @@ def test_building_again_says_whether_it_updated_or_rebuilt(corpus, tmp_path):
     assert rebuilt.action == "rebuilt" and "settings changed" in rebuilt.reason
     manifest = json.loads((out / "index.json").read_text())
     (out / "index.json").write_text(json.dumps({**manifest, "version": 0}))
-    with pytest.raises(DataError, match=r"index\.json: index format version 0, and this spanqa reads version 1"):
+    with pytest.raises(DataError, match=rf"index\.json: index format version 0, and this spanqa reads version "
+                                        rf"{VERSION};"):
         Collection.load(out)
     assert Collection.build([corpus], out, IndexConfig(passage_words=50)).last_build.action == "rebuilt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "fresh", "idx"]  # no temporary folders left

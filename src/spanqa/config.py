@@ -329,10 +329,20 @@ class IndexConfig:
 
     passage_words: int = opt(200, "words per passage, at most (about 1.3 reader tokens a word: one window)")
     overlap_words: int = opt(40, "words a passage cut inside a paragraph repeats from the one before it")
+    stemmer: str = opt("english", "BM25 matches words by their Snowball stem in this language (PyStemmer's names: "
+                                  "english, german, ...), or 'none' for exact words")
+    title_words: bool = opt(True, "BM25 does not count a document's title as words of its passages",
+                            flag="no-title-words", invert=True)
 
     def __post_init__(self) -> None:
         at_least(self, "passage_words", 1)
         at_least(self, "overlap_words", 0)
+        if self.stemmer != "none":
+            import Stemmer
+
+            if self.stemmer not in Stemmer.algorithms():
+                raise SettingError("stemmer", f"must be 'none' or one of {', '.join(sorted(Stemmer.algorithms()))}, "
+                                              f"got {self.stemmer!r}")
         if self.overlap_words >= self.passage_words:
             raise SettingError("overlap_words", f"must be below passage_words ({self.passage_words}), "
                                                 f"got {self.overlap_words}")
