@@ -8,6 +8,9 @@ count, and the machine's load average is recorded around every phase (the number
     python benchmarks/train_memory.py                               # fp32 and bf16 with the default token budget
     python benchmarks/train_memory.py --settings fp32:100000 fp32:2048 bf16:2048 --max-steps 30
     python benchmarks/train_memory.py --questions 20 --max-steps 2  # a smoke run
+    # this checkout against another one (a setting ending in @baseline trains with that checkout's src/), in rounds
+    python benchmarks/train_memory.py --baseline-src ../old/src --settings fp32:2048@baseline fp32:2048 \
+        fp32:2048@baseline fp32:2048
     # bf16 against fp32 after the same steps: dev F1 of each trained model (torch fp32 engine, first N questions)
     python benchmarks/train_memory.py --questions 3000 --max-steps 60 --dev-limit 1000 --settings bf16:2048 fp32:2048
 """
@@ -38,7 +41,7 @@ def first_questions(n: int, path: Path) -> Path:
 
 
 def train_once(data: Path, out: Path, precision: str, budget: int, args: argparse.Namespace,
-               attention_dropout: str | None = None) -> dict:
+               attention_dropout: str | None = None, src: str | None = None) -> dict:
     """One `spanqa train` process: its summary, peak RSS and wall time."""
     cmd = [sys.executable, "-m", "spanqa", "train", "--train", str(data), "--out", str(out), "--max-steps",
            str(args.max_steps), "--seed", "3", "--precision", precision, "--max-batch-tokens", str(budget),
@@ -48,6 +51,8 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve())
     load_before, t0 = os.getloadavg(), time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
@@ -57,7 +62,7 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
         raise SystemExit(f"{' '.join(cmd)} failed; see {out.with_suffix('.log')}")
     summary = json.loads(stdout[stdout.index("{") :])
     return {"precision": precision, "max_batch_tokens": budget, "attention_dropout": attention_dropout,
-            "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "src": src or "this checkout", "peak_rss_gb": usage.ru_maxrss / 2**20,
             "wall_s": round(time.perf_counter() - t0, 1), "load_before": load_before, "load_after": os.getloadavg(),
             **{k: summary[k] for k in ("steps", "train_seconds", "real_tokens", "padded_tokens", "tokens_per_s",
                                        "matmul_gflops_per_s", "loss_ema", "threads")}}
@@ -81,6 +86,7 @@ def main() -> None:
                         "--attention-dropout of each run")
     p.add_argument("--threads", type=int, default=None, help="trainer threads (default: torch's)")
     p.add_argument("--dev-limit", type=int, default=0, help="score each trained model on this many dev questions")
+    p.add_argument("--baseline-src", help="another checkout's src/: settings ending in @baseline train with it")
     args = p.parse_args()
     import torch
 
@@ -96,10 +102,14 @@ def main() -> None:
         print(f"{name} matmul ceiling at {threads} thread(s): {ceilings[name]['gflops']:.1f} GFLOP/s "
               f"(load {ceilings[name]['load'][0]:.2f})", flush=True)
     rows = []
-    for setting in args.settings:
-        precision, budget, *attn = setting.split(":")
-        name = "-".join([precision, budget, *attn])
-        row = train_once(data, run / name, precision, int(budget), args, attn[0] if attn else None)
+    for n, setting in enumerate(args.settings):
+        spec, _, which = setting.partition("@")
+        if which and not args.baseline_src:
+            raise SystemExit(f"{setting}: @baseline needs --baseline-src")
+        precision, budget, *attn = spec.split(":")
+        name = "-".join([str(n), precision, budget, *attn, *([which] if which else [])])
+        row = train_once(data, run / name, precision, int(budget), args, attn[0] if attn else None,
+                         args.baseline_src if which else None)
         row["share_of_ceiling"] = row["matmul_gflops_per_s"] / ceilings[precision]["gflops"]
         if args.dev_limit:
             row.update(dev_f1(run / name, args.dev_limit))

@@ -168,6 +168,7 @@ def test_attention_dropout_zero_trains_as_a_base_without_it(tmp_path, tokenizer)
     a, b, c = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
     assert max_abs_diff(a, b) == 0.0
     assert max_abs_diff(a, c) > 1e-4
+    assert "spanqa-cpu-dropout" not in (tmp_path / "c" / "config.json").read_text()  # a run's setting, not saved
     saved = json.loads((tmp_path / "b" / "spanqa.json").read_text())
     assert saved["training"]["recipe"]["attention_dropout"] == 0.0
     for bad in (1.0, -0.1):

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanqa import checkpoint, distill, distributed
+from spanqa import attention, checkpoint, distill, distributed
 from spanqa.batching import collate, length_grouped_batches, token_budget_batches
 from spanqa.config import TrainConfig
 from spanqa.data import Dataset, Example, load_dataset
@@ -205,6 +205,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
     freeze(reader.model, cfg)
     set_attention_dropout(reader.model, cfg.attention_dropout)
+    attention.use_cheap_dropout(reader.model.encoder)
     t_fmt = time.perf_counter()
     windows = make_training_windows(reader, examples)
     t_fmt, t_teach = time.perf_counter() - t_fmt, time.perf_counter()

@@ -1,0 +1,80 @@
+"""spanqa.attention: the cheap CPU attention dropout against torch's SDPA and a hand computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spanqa.attention import attention, drop_mask, use_cheap_dropout
+
+
+def tiny_bert(dropout: float):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=dropout)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+def padded_batch():
+    ids = torch.randint(0, 100, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_drop_mask_drops_at_the_quantised_rate_and_repeats_under_a_seed(p):
+    torch.manual_seed(3)
+    m = drop_mask((7, 31, 4099), p)  # an element count that is not a multiple of 4
+    assert m.shape == (7, 31, 4099) and m.dtype == torch.bool
+    assert abs(m.float().mean().item() - round(p * 65536) / 65536) < 0.002
+    torch.manual_seed(3)
+    assert torch.equal(m, drop_mask((7, 31, 4099), p))
+    assert not torch.equal(m, drop_mask((7, 31, 4099), p))  # the generator moved on
+    assert not drop_mask((5, 5), 0.0).any()
+
+
+def test_attention_is_sdpa_in_eval_and_the_hand_computation_in_training():
+    model = tiny_bert(0.25)
+    ids, mask = padded_batch()
+    model.eval()
+    ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert use_cheap_dropout(model)
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, ref)
+
+    layer = model.encoder.layer[0].attention.self
+    q, k, v = (torch.randn(2, 4, 9, 8, requires_grad=True) for _ in range(3))
+    pad = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    pad[1, :, :, 5:] = False
+    torch.manual_seed(7)
+    out, _ = attention(layer, q, k, v, pad, dropout=0.25, scaling=8 ** -0.5)
+    grads = torch.autograd.grad((out * torch.arange(out.numel()).view(out.shape)).sum(), (q, k, v))
+    torch.manual_seed(7)
+    drop = drop_mask((2, 4, 9, 9), 0.25)
+    probs = torch.softmax((q @ k.transpose(2, 3) * 8 ** -0.5).masked_fill(~pad, float("-inf")), dim=-1)
+    want = (torch.where(drop, 0.0, probs / 0.75) @ v).transpose(1, 2)
+    want_grads = torch.autograd.grad((want * torch.arange(want.numel()).view(want.shape)).sum(), (q, k, v))
+    assert torch.allclose(out, want, atol=1e-6)
+    assert all(torch.allclose(g, w, rtol=1e-4, atol=1e-3) for g, w in zip(grads, want_grads, strict=True))
+    assert not torch.allclose(out, (probs @ v).transpose(1, 2), atol=1e-3)  # dropout did something
+
+
+def test_training_mode_with_no_drops_matches_eval_and_gradients_flow():
+    model = tiny_bert(1e-6)  # round(65,536 p) = 0: nothing is dropped, the scale is 1 + 1e-6
+    ids, mask = padded_batch()
+    model.eval()
+    ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    use_cheap_dropout(model)
+    model.train()
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(out[real], ref[real], atol=1e-5)
+    out[real].sum().backward()
+    assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_an_encoder_without_the_attention_interface_is_left_alone():
+    assert use_cheap_dropout(torch.nn.Linear(2, 2)) is False
