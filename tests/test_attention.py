@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spanqa.attention import attention, drop_mask, use_cheap_dropout
+from spanqa.attention import Dropout, attention, drop_mask, use_cheap_dropout
 
 
 def tiny_bert(dropout: float):
@@ -76,5 +76,23 @@ def test_training_mode_with_no_drops_matches_eval_and_gradients_flow():
     assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
 
 
-def test_an_encoder_without_the_attention_interface_is_left_alone():
-    assert use_cheap_dropout(torch.nn.Linear(2, 2)) is False
+def test_every_dropout_module_becomes_the_cheap_one_and_acts_as_dropout():
+    model = tiny_bert(0.1)
+    n = sum(type(m) is torch.nn.Dropout for m in model.modules())
+    use_cheap_dropout(model)
+    assert n > 0 and sum(type(m) is Dropout for m in model.modules()) == n
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    d = Dropout(0.3)
+    x = torch.rand(64, 1000) + 1
+    torch.manual_seed(2)
+    y = d(x)
+    torch.manual_seed(2)
+    want = torch.where(drop_mask(x.shape, 0.3), 0.0, x / 0.7)
+    assert torch.allclose(y, want) and abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert torch.equal(d.eval()(x), x)
+
+
+def test_an_encoder_without_the_attention_interface_keeps_its_attention():
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.2))
+    assert use_cheap_dropout(seq) is False
+    assert type(seq[1]) is Dropout and seq[1].p == 0.2
