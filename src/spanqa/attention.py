@@ -12,7 +12,8 @@ pass on 2,046 tokens, five alternating rounds, median of the paired ratios 1.05x
 against torch's `bernoulli_` masks. The masks come from torch's generator: a seeded or resumed run draws the same.
 
 Without dropout (evaluation, `--attention-dropout 0`) and off the CPU, attention is transformers' SDPA, exactly as
-before. Encoders whose attention does not go through transformers' attention interface (MPNet) keep torch's dropout.
+before. Encoders whose attention does not go through transformers' attention interface (MPNet) keep their attention
+code, whose dropout module becomes `Dropout` like the others.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class BuildReport:
 
 
 def _write(tmp: Path, docs: list[Document], sources: list[dict], cfg: IndexConfig) -> tuple[int, list[list[str]]]:
-    """Documents, text and passages into `tmp`; returns the passage count and each passage's words (for BM25)."""
+    """Documents, text and passages into `tmp`; returns the passage count and each passage's terms (for BM25)."""
     rows, tokens, at, terms = [], [], 0, Terms(cfg.stemmer)
     with open(tmp / "text.bin", "wb") as text_out, open(tmp / "documents.jsonl", "w", encoding="utf-8") as meta:
         for d, doc in enumerate(docs):
