@@ -18,6 +18,8 @@ code, whose dropout module becomes `Dropout` like the others.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 NAME = "spanqa-cpu-dropout"
@@ -26,9 +28,7 @@ _LANES = 4  # 16-bit draws per 64-bit random number
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool tensor: True (drop) with probability round(65,536 p) / 65,536, from torch's default generator."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     draws = torch.empty(-(-n // _LANES), dtype=torch.int64, device=device).random_(-2**63, None)  # all 64 bits
     lanes = draws.view(torch.int16)[:n].view(shape)
     return lanes < round(p * 65536) - 32768

@@ -209,7 +209,7 @@ class TrainConfig:
         at_least(self, "eval_every save_every eval_limit train_layers", 0)
         at_least(self, "log_every", 1)
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
-            raise ConfigError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+            raise SettingError("attention_dropout", f"must be in [0, 1), got {self.attention_dropout}")
 
     def flat(self) -> dict:
         """The recipe as one flat dict of leaf settings (as saved in checkpoints and spanqa.json's training)."""
