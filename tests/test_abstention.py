@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from spanqa.calibration import Calibration, best_threshold, ece, fit, fit_logist
 from spanqa.cli import main
 from spanqa.config import NegativesConfig
 from spanqa.metric import normalize_answer
-from spanqa.negatives import KINDS, entities, mine, no_answer_left, remove_answer_sentences
+from spanqa.negatives import KINDS, entities, mine, negate, no_answer_left, remove_answer_sentences, swap_opposite
 
 PARAGRAPHS = [
     ("Kettleby lighthouse was built in 1887 by the Trinity House engineers. A keeper's cottage was added in 1902. "
@@ -67,16 +68,21 @@ def test_every_negative_is_checked_and_all_kinds_occur(tmp_path):
     src = squad_file(tmp_path / "train.json")
     report = mine(NegativesConfig(data=str(src), out=str(tmp_path / "neg.json"), ratio=1.0, seed=1))
     gold, negs = negatives_of(tmp_path / "neg.json")
+    source_context = {f"a{c}p{p}q{i}": ctx for c in range(3) for p, (ctx, qas) in enumerate(PARAGRAPHS)
+                      for i in range(len(qas))}
     kinds = {qa["id"].split("-neg-")[1] for qa, _ in negs}
     assert kinds == set(KINDS) and sum(report.negatives.values()) == len(negs)
     for qa, context in negs:
         source = gold[qa["id"].split("-neg-")[0]]
         answers = [a["text"] for a in source["answers"]]
         assert qa["answers"] == [] and qa["is_impossible"] is True
-        if qa["id"].endswith("entity_swapped"):  # the gold paragraph, a question about something it never mentions
-            assert qa["question"] != source["question"]
+        kind = qa["id"].split("-neg-")[1]
+        if kind in ("entity_swapped", "antonym_swapped", "negated"):  # the gold paragraph, a changed question
+            assert qa["question"] != source["question"] and context == source_context[source["id"]]
             new = set(normalize_answer(qa["question"]).split()) - set(normalize_answer(source["question"]).split())
             assert new and not (new & set(normalize_answer(context).split()))
+            if kind == "negated":
+                assert new == {"not"}
         else:
             ctx = f" {normalize_answer(context)} "
             assert not any(f" {normalize_answer(a)} " in ctx for a in answers), (qa["id"], context)
@@ -98,6 +104,20 @@ def test_holdout_splits_by_article(tmp_path):
                          holdout_out=str(tmp_path / "h.json")))
     titles = [{a["title"] for a in json.loads((tmp_path / f).read_text())["data"]} for f in ("t.json", "h.json")]
     assert len(titles[1]) == 2 and len(titles[0]) == 8 and not titles[0] & titles[1]
+
+
+def test_opposites_and_negation_refuse_what_the_paragraph_supports():
+    ctx = "Kettleby station opened in 1862. It closed in 1964. The museum is run by Mary Holt."
+    rng = random.Random(0)
+    assert swap_opposite("When did Kettleby station open?", ctx, rng) is None  # "close" is there, as "closed"
+    assert swap_opposite("Who was the first keeper?", ctx, rng) == "Who was the last keeper?"
+    assert swap_opposite("Who runs the museum?", ctx, rng) is None  # no word with an opposite
+    assert negate("When was the museum opened?", ctx) == "When was the museum not opened?"
+    assert negate("How many people were killed?", ctx) == "How many people were not killed?"
+    assert negate("When did Kettleby station open?", ctx) == "When did Kettleby station not open?"
+    assert negate("Who was not the keeper?", ctx) is None  # already negated
+    assert negate("When was the museum opened?", ctx + " It was never a school.") is None  # the paragraph negates
+    assert negate("Who is Mary Holt?", ctx) is None  # nowhere sensible to put "not"
 
 
 def test_sentence_removal_and_entities():

@@ -7,11 +7,19 @@ close to the gold paragraph, as SQuAD 2.0's own questions do:
     entity_swapped     the question with a key entity, number or year (one that the paragraph mentions) swapped
                        for another of the same kind from the same article, which the paragraph does not mention
     nearest_paragraph  the BM25-nearest other paragraph of the same article (bm25s)
+    antonym_swapped    the question with one word swapped for its opposite (built -> demolished, largest ->
+                       smallest, north -> south), where the paragraph never uses the opposite
+    negated            the question negated ("How many were killed?" -> "How many were not killed?") over a
+                       paragraph that negates nothing
+
+The last three keep the gold paragraph and change the question only a little, as SQuAD 2.0's entity-swap, antonym
+and negation questions do (together about half of its unanswerable ones, Rajpurkar et al. 2018); the first two are
+easier, since the answer's sentence or topic is gone.
 
 Every negative is checked before it is kept: for `sentence_removed` and `nearest_paragraph`, no gold answer string
-(normalised as the official metric does) is left in the context; for `entity_swapped` (whose context is the gold
-paragraph, so the old answers are still in it) the swapped-in entity is nowhere in the context, normalised alike.
-Deterministic under a seed.
+(normalised as the official metric does) is left in the context; for the kinds over the gold paragraph (whose old
+answers are still in it) the swapped-in entity or the opposite word (by its stem) is nowhere in the context, and a
+negated question's paragraph holds no negation. Deterministic under a seed.
 """
 
 from __future__ import annotations
@@ -28,13 +36,35 @@ from spanqa.errors import DataError
 from spanqa.metric import normalize_answer
 from spanqa.validation import open_text
 
-KINDS = ("sentence_removed", "entity_swapped", "nearest_paragraph")
+KINDS = ("sentence_removed", "entity_swapped", "nearest_paragraph", "antonym_swapped", "negated")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?\b")
 _NAME = re.compile(r"\b[A-Z][\w'\-]*(?:\s+(?:of|de|von|van|and|for)?\s*[A-Z][\w'\-]*)*")
 _SKIP_NAMES = {"What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "How", "In", "On", "At", "The", "A",
                "An", "Is", "Are", "Was", "Were", "Did", "Do", "Does", "If", "For", "To", "By", "Of", "After", "Before",
                "During", "From", "With", "As", "I"}
+_OPPOSITES = [
+    ("built", "demolished"), ("opened", "closed"), ("open", "close"), ("first", "last"), ("largest", "smallest"),
+    ("biggest", "smallest"), ("highest", "lowest"), ("most", "least"), ("before", "after"), ("earliest", "latest"),
+    ("oldest", "newest"), ("longest", "shortest"), ("north", "south"), ("east", "west"), ("northern", "southern"),
+    ("eastern", "western"), ("increase", "decrease"), ("increased", "decreased"), ("rise", "fall"), ("rose", "fell"),
+    ("won", "lost"), ("win", "lose"), ("started", "ended"), ("began", "ended"), ("born", "died"),
+    ("maximum", "minimum"), ("upper", "lower"), ("inner", "outer"), ("internal", "external"), ("major", "minor"),
+    ("positive", "negative"), ("male", "female"), ("men", "women"), ("ancient", "modern"), ("private", "public"),
+    ("higher", "lower"), ("larger", "smaller"), ("older", "younger"), ("best", "worst"), ("strongest", "weakest"),
+    ("success", "failure"), ("accepted", "rejected"), ("allowed", "banned"), ("added", "removed"),
+    ("imports", "exports"), ("import", "export"), ("bought", "sold"), ("buy", "sell"), ("hot", "cold"), ("wet", "dry"),
+    ("top", "bottom"), ("early", "late"), ("below", "above"), ("inside", "outside"), ("legal", "illegal"),
+    ("common", "rare"), ("rich", "poor"), ("same", "different"), ("less", "more"), ("fewer", "more"),
+    ("supported", "opposed"), ("created", "destroyed"), ("invented", "abandoned"), ("founded", "dissolved"),
+]
+OPPOSITE = {a: b for a, b in _OPPOSITES} | {b: a for a, b in reversed(_OPPOSITES)}
+_NEGATION = {"not", "no", "never", "nor", "neither", "none", "nothing", "without", "cannot", "failed", "fail",
+             "fails", "refused", "unable", "except", "nobody", "lack", "lacked", "t"}  # "t": the end of "n't"
+_AUX = re.compile(r"\b(is|are|was|were|has|have|had|can|could|will|would|should|did|does|do)\s+(\w+)")
+_LAST_WORD = re.compile(r"(\w+)\s+([a-z]+)(\W*)$")  # the last word, and the one before it
+_NOT_BEFORE = {"with", "to", "of", "for", "in", "on", "at", "from", "by", "about", "under", "into", "over", "as",
+               "the", "his", "her", "its", "our", "a", "an", "their", "this", "that"}  # never "... not with?"
 
 
 @dataclass
@@ -105,6 +135,44 @@ def swap_entity(question: str, context: str, pool: dict[str, list[str]], rng: ra
     return None
 
 
+def _stems(text: str) -> set[str]:
+    import Stemmer
+
+    return set(Stemmer.Stemmer("english").stemWords(normalize_answer(text).split()))
+
+
+def swap_opposite(question: str, context: str, rng: random.Random) -> str | None:
+    """The question with one of its words swapped for its opposite, which the context never uses (by stem)."""
+    ctx = _stems(context)
+    words = [m for m in re.finditer(r"\b[A-Za-z]+\b", question) if m.group().lower() in OPPOSITE]
+    rng.shuffle(words)
+    for m in words:
+        new = OPPOSITE[m.group().lower()]
+        if not _stems(new) & ctx:
+            new = new.capitalize() if m.group()[0].isupper() else new
+            return question[: m.start()] + new + question[m.end() :]
+    return None
+
+
+def negate(question: str, context: str) -> str | None:
+    """The question negated, when neither it nor the context negates anything: "not" goes after an auxiliary that a
+    lowercase word follows ("were not killed", "is not the"), or before the question's last word when that is a
+    participle or follows do/did ("When was the cottage not added?", "When did the station not close?")."""
+    if _NEGATION & set(re.findall(r"[a-z]+", question.lower() + " " + context.lower())):
+        return None
+    aux = _AUX.search(question)
+    if aux is None:
+        return None
+    last = _LAST_WORD.search(question)
+    if last and (last.start(2) <= aux.end(2) or {last.group(1).lower(), last.group(2)} & _NOT_BEFORE):
+        last = None
+    if last and (aux.group(1) in ("did", "does", "do") or last.group(2).endswith(("ed", "en", "wn", "lt"))):
+        return question[: last.start(2)] + "not " + question[last.start(2) :]
+    if aux.group(1) not in ("did", "does", "do") and aux.group(2).islower():
+        return question[: aux.end(1)] + " not" + question[aux.end(1) :]
+    return None
+
+
 def _article_pool(article: dict) -> dict[str, list[str]]:
     pool: dict[str, set[str]] = {}
     for para in article["paragraphs"]:
@@ -139,8 +207,13 @@ def _mine_one(kind: str, qa: dict, p: int, article: dict, pool, nearest, rng) ->
         spans = [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in qa["answers"]]
         text = remove_answer_sentences(para["context"], spans)
         return (neg, text) if text and no_answer_left(text, answers) else None
-    if kind == "entity_swapped":
-        q = swap_entity(qa["question"], para["context"], pool, rng)
+    if kind in ("entity_swapped", "antonym_swapped", "negated"):
+        if kind == "entity_swapped":
+            q = swap_entity(qa["question"], para["context"], pool, rng)
+        elif kind == "antonym_swapped":
+            q = swap_opposite(qa["question"], para["context"], rng)
+        else:
+            q = negate(qa["question"], para["context"])
         return ({**neg, "question": q}, p) if q else None
     for other in nearest(qa["question"], p)[:3]:
         if no_answer_left(article["paragraphs"][other]["context"], answers):
