@@ -12,9 +12,9 @@ close to the gold paragraph, as SQuAD 2.0's own questions do:
     negated            the question negated ("How many were killed?" -> "How many were not killed?") over a
                        paragraph that negates nothing
 
-The last three keep the gold paragraph and change the question only a little, as SQuAD 2.0's entity-swap, antonym
-and negation questions do (together about half of its unanswerable ones, Rajpurkar et al. 2018); the first two are
-easier, since the answer's sentence or topic is gone.
+`entity_swapped`, `antonym_swapped` and `negated` keep the gold paragraph and change the question only a little, as
+SQuAD 2.0's entity-swap, antonym and negation questions do (together about half of its unanswerable ones, Rajpurkar
+et al. 2018); `sentence_removed` and `nearest_paragraph` are easier, since the answer's sentence or topic is gone.
 
 Every negative is checked before it is kept: for `sentence_removed` and `nearest_paragraph`, no gold answer string
 (normalised as the official metric does) is left in the context; for the kinds over the gold paragraph (whose old
@@ -24,6 +24,7 @@ negated question's paragraph holds no negation. Deterministic under a seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -135,10 +136,15 @@ def swap_entity(question: str, context: str, pool: dict[str, list[str]], rng: ra
     return None
 
 
-def _stems(text: str) -> set[str]:
+@functools.cache
+def _stemmer():
     import Stemmer
 
-    return set(Stemmer.Stemmer("english").stemWords(normalize_answer(text).split()))
+    return Stemmer.Stemmer("english")
+
+
+def _stems(text: str) -> set[str]:
+    return set(_stemmer().stemWords(normalize_answer(text).split()))
 
 
 def swap_opposite(question: str, context: str, rng: random.Random) -> str | None:
