@@ -50,6 +50,11 @@ class _Dropped(torch.autograd.Function):
         return grad.masked_fill(drop, 0.0).mul_(ctx.scale), None, None
 
 
+def dropped(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout of x with the mask above (drop with probability p, scale the rest by 1 / (1 - p))."""
+    return _Dropped.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+
+
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               **kwargs) -> tuple[torch.Tensor, None]:
@@ -65,8 +70,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     elif attention_mask is not None:
         scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    probs = _Dropped.apply(probs, drop_mask(probs.shape, dropout, probs.device), 1.0 / (1.0 - dropout))
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    return torch.matmul(dropped(probs, dropout), value).transpose(1, 2).contiguous(), None
 
 
 class Dropout(torch.nn.Dropout):
@@ -76,7 +80,7 @@ class Dropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu":
             return super().forward(x)
-        return _Dropped.apply(x, drop_mask(x.shape, self.p, x.device), 1.0 / (1.0 - self.p))
+        return dropped(x, self.p)
 
 
 def use_cheap_dropout(encoder: torch.nn.Module) -> bool:
