@@ -9,8 +9,9 @@ passage) and the questions are dev-v1.1's (a seeded sample of --limit of them). 
   - the index build time (from scratch) and the RSS a loaded index adds (measured once, in a fresh process);
   - retrieval recall@1/5/10/20: the gold paragraph among the top k passages, and the gold answer string (SQuAD-
     normalised, on word boundaries) in any of them;
-  - end to end at each K: EM/F1 (official v1.1 metric), questions/s answering all questions in batches
-    (`Index.ask_many`, 64 questions at a time), and p50/p95 latency of one question at a time
+  - end to end at each K: EM/F1 (official v1.1 metric; a "no answer" scores 0), the best answer's EM/F1 (as
+    `evaluate` scores v1.1 data) and how often the collection said "no answer", questions/s answering all
+    questions in batches (`Index.ask_many`, 64 questions at a time), and p50/p95 latency of one question at a time
     (`Index.ask`, the first --latency-questions questions);
   - with --anchor haystack: Haystack 2.x (the last `haystack-ai` before 3.0, in its own venv under
     benchmarks/out/, made on first use) with InMemoryBM25Retriever + ExtractiveReader on the same passages and
