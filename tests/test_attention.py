@@ -96,3 +96,31 @@ def test_an_encoder_without_the_attention_interface_keeps_its_attention():
     seq = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.2))
     assert use_cheap_dropout(seq) is False
     assert type(seq[1]) is Dropout and seq[1].p == 0.2
+
+
+def test_without_dropout_bf16_training_takes_the_hand_computation_and_everything_else_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layer = tiny_bert(0.0).encoder.layer[0].attention.self
+    pad = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    pad[1, :, :, 5:] = False
+
+    def inputs(dtype, grad):
+        g = torch.Generator().manual_seed(4)
+        return [torch.randn(2, 4, 9, 8, generator=g).to(dtype).requires_grad_(grad) for _ in range(3)]
+
+    def hand(q, k, v):
+        scores = (q @ k.transpose(2, 3) * 8 ** -0.5).masked_fill(~pad, torch.finfo(q.dtype).min)
+        return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).contiguous()
+
+    q, k, v = inputs(torch.bfloat16, True)  # training in bf16: the fused kernel's backward is the slow one
+    out, _ = attention(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)
+    assert torch.equal(out, hand(q, k, v))
+    assert all(g is not None for g in torch.autograd.grad(out.float().sum(), (q, k, v)))
+    for dtype, grad in [(torch.float32, True), (torch.bfloat16, False)]:
+        q, k, v = inputs(dtype, grad)
+        out, _ = attention(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)
+        assert torch.equal(out, sdpa_attention_forward(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)[0])
+    q, k, v = inputs(torch.bfloat16, True)
+    assert not torch.equal(hand(q, k, v),
+                           sdpa_attention_forward(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)[0])

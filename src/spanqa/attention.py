@@ -11,9 +11,11 @@ fast, at +0.3 GB peak RSS.) The hidden-state dropouts use the same mask (`Dropou
 pass on 2,046 tokens, five alternating rounds, median of the paired ratios 1.05x (fp32) and 1.17x (bf16 autocast)
 against torch's `bernoulli_` masks. The masks come from torch's generator: a seeded or resumed run draws the same.
 
-Without dropout (evaluation, `--attention-dropout 0`) and off the CPU, attention is transformers' SDPA, exactly as
-before. Encoders whose attention does not go through transformers' attention interface (MPNet) keep their attention
-code, whose dropout module becomes `Dropout` like the others.
+Without dropout (evaluation; training on a CPU by default) and off the CPU, attention is transformers' SDPA, except
+when training in bf16 on a CPU: there torch's fused kernel's backward pass is slow (474 of a 1,026 ms MiniLM step),
+so the matmuls and softmax below run without the mask (the whole step: 669-703 ms). Encoders whose attention does
+not go through transformers' attention interface (MPNet) keep their attention code, whose dropout module becomes
+`Dropout` like the others.
 """
 
 from __future__ import annotations
@@ -55,13 +57,19 @@ def dropped(x: torch.Tensor, p: float) -> torch.Tensor:
     return _Dropped.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
 
 
+def _slow_fused_backward(query: torch.Tensor) -> bool:
+    """torch's fused CPU attention in bf16/fp16 with a backward pass to come: its backward took 474 of a 1,026 ms bf16
+    MiniLM step (2,046 tokens, 2-core Xeon); the matmuls-and-softmax path below took the whole step to 669-703 ms."""
+    return torch.is_grad_enabled() and query.requires_grad and query.dtype in (torch.bfloat16, torch.float16)
+
+
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-interface signature: SDPA, except for dropout on a CPU (the cheap mask above)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or query.device.type != "cpu":
+    if query.device.type != "cpu" or (dropout == 0.0 and not _slow_fused_backward(query)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
@@ -70,7 +78,9 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     elif attention_mask is not None:
         scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(dropped(probs, dropout), value).transpose(1, 2).contiguous(), None
+    if dropout > 0.0:
+        probs = dropped(probs, dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
 class Dropout(torch.nn.Dropout):
