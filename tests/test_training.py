@@ -143,10 +143,11 @@ def test_the_token_budget_bounds_memory_without_changing_the_step(tmp_path, toke
     assert split["loss_ema"] == pytest.approx(whole["loss_ema"], rel=1e-5)
 
 
-def test_attention_dropout_zero_trains_as_a_base_without_it(tmp_path, tokenizer):
-    """--attention-dropout 0 on a base whose attention dropout is 0.1 gives exactly the weights of the same base
-    saved with 0 (hidden dropout off in both, so nothing else is random); without the flag the 0.1 is live and the
-    weights differ. The value is in the saved recipe; a value outside [0, 1) is refused."""
+def test_attention_dropout_is_zero_on_a_cpu_by_default_and_trains_as_a_base_without_it(tmp_path, tokenizer):
+    """On a CPU, no --attention-dropout (the default, 0 there) and --attention-dropout 0 on a base whose attention
+    dropout is 0.1 give exactly the weights of the same base saved with 0 (hidden dropout off in all, so nothing else
+    is random); --attention-dropout 0.1 makes it live and the weights differ. The value that ran is in the saved
+    recipe, the base's 0.1 stays in the saved config; a value outside [0, 1) is refused."""
     import shutil
 
     from tinytrain import make_base, max_abs_diff, weights, write_train_jsonl
@@ -163,14 +164,17 @@ def test_attention_dropout_zero_trains_as_a_base_without_it(tmp_path, tokenizer)
     flat = dict(train=str(data), max_steps=3, batch_size=8, lr=1e-3, max_seq_len=64, doc_stride=16,
                 max_question_len=16, save_every=0, progress=False, device="cpu", threads=1, seed=5)
     train(TrainConfig.from_flat(**flat, base=str(plain), out=str(tmp_path / "a")))
-    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "b"), attention_dropout=0.0))
-    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "c")))
-    a, b, c = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
-    assert max_abs_diff(a, b) == 0.0
+    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "b")))
+    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "b0"), attention_dropout=0.0))
+    train(TrainConfig.from_flat(**flat, base=str(noisy), out=str(tmp_path / "c"), attention_dropout=0.1))
+    a, b, b0, c = (weights(tmp_path / x) for x in ("a", "b", "b0", "c"))
+    assert max_abs_diff(a, b) == 0.0 and max_abs_diff(a, b0) == 0.0
     assert max_abs_diff(a, c) > 1e-4
     assert "spanqa-cpu-dropout" not in (tmp_path / "c" / "config.json").read_text()  # a run's setting, not saved
-    saved = json.loads((tmp_path / "b" / "spanqa.json").read_text())
-    assert saved["training"]["recipe"]["attention_dropout"] == 0.0
+    for run, want in (("b", 0.0), ("b0", 0.0), ("c", 0.1)):
+        saved = json.loads((tmp_path / run / "spanqa.json").read_text())
+        assert saved["training"]["recipe"]["attention_dropout"] == want
+        assert json.loads((tmp_path / run / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match="attention_dropout"):
             TrainConfig.from_flat(**flat, base=str(plain), out=str(tmp_path / "d"), attention_dropout=bad)
@@ -182,8 +186,16 @@ def test_attention_dropout_needs_an_encoder_that_has_one():
     from spanqa.errors import ConfigError
     from spanqa.training import set_attention_dropout
 
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
     model = SimpleNamespace(encoder=torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
-    set_attention_dropout(model, None)  # not asked: nothing to find
+    assert set_attention_dropout(model, None, cpu) is None  # not asked: the CPU default has nothing to set
+    assert set_attention_dropout(model, None, gpu) is None
     with pytest.raises(ConfigError, match="no attention dropout found in Sequential"):
-        set_attention_dropout(model, 0.0)
+        set_attention_dropout(model, 0.0, cpu)
     assert model.encoder[1].p == 0.1
+    nest = torch.nn.ModuleDict
+    drop = torch.nn.Dropout(0.1)
+    bert = SimpleNamespace(encoder=nest({"layer": nest({"attention": nest({"self": nest({"dropout": drop})})})}))
+    assert set_attention_dropout(bert, None, gpu) is None and drop.p == 0.1
+    assert set_attention_dropout(bert, None, cpu) == 0.0 and drop.p == 0.0
+    assert set_attention_dropout(bert, 0.25, gpu) == 0.25

@@ -191,9 +191,9 @@ class TrainConfig:
     train_layers: int | None = opt(None, "train only the top N encoder layers and the heads (0: the heads only)")
     freeze_word_embeddings: bool = opt(True, "also train the word embeddings", flag="train-embeddings",
                                        invert=True)
-    attention_dropout: float | None = opt(None, "dropout on the attention probabilities while training (default: "
-                                                "the base's, 0.1 for MiniLM and MPNet); 0 lets torch use its fused "
-                                                "attention kernel on a CPU")
+    attention_dropout: float | None = opt(None, "dropout on the attention probabilities while training (default: 0 "
+                                                "on a CPU, where it lets torch use its fused attention kernel; the "
+                                                "base's elsewhere, 0.1 for MiniLM and MPNet)")
     skip_invalid: bool = opt(False, "count and skip invalid records instead of stopping")
     device: str = opt("auto", DEVICES_HELP)
     precision: str = opt("auto", "matmul precision: bf16 autocast, or fp32 (auto: bf16 on a GPU, fp32 on a CPU)",
