@@ -61,7 +61,9 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed; see {out.with_suffix('.log')}")
     summary = json.loads(stdout[stdout.index("{") :])
+    recipe = json.loads((out / "spanqa.json").read_text()).get("training", {}).get("recipe", {})
     return {"precision": precision, "max_batch_tokens": budget, "attention_dropout": attention_dropout,
+            "attention_dropout_that_ran": recipe.get("attention_dropout"),  # None: the base's (older checkouts)
             "src": src or "this checkout", "peak_rss_gb": usage.ru_maxrss / 2**20,
             "wall_s": round(time.perf_counter() - t0, 1), "load_before": load_before, "load_after": os.getloadavg(),
             **{k: summary[k] for k in ("steps", "train_seconds", "real_tokens", "padded_tokens", "tokens_per_s",
