@@ -12,8 +12,8 @@ pass on 2,046 tokens, five alternating rounds, median of the paired ratios 1.05x
 against torch's `bernoulli_` masks. The masks come from torch's generator: a seeded or resumed run draws the same.
 
 Without dropout (evaluation; training on a CPU by default) and off the CPU, attention is transformers' SDPA, except
-when training in bf16 on a CPU: there torch's fused kernel's backward pass is slow (474 of a 1,026 ms MiniLM step),
-so the matmuls and softmax below run without the mask (the whole step: 669-703 ms). Encoders whose attention does
+when training in bf16 on a CPU: there torch's fused kernel's backward pass is slow (474 of a 1,026 ms MiniLM pass),
+so the matmuls and softmax below run without the mask (the whole pass: 669-703 ms). Encoders whose attention does
 not go through transformers' attention interface (MPNet) keep their attention code, whose dropout module becomes
 `Dropout` like the others.
 """
@@ -59,14 +59,16 @@ def dropped(x: torch.Tensor, p: float) -> torch.Tensor:
 
 def _slow_fused_backward(query: torch.Tensor) -> bool:
     """torch's fused CPU attention in bf16/fp16 with a backward pass to come: its backward took 474 of a 1,026 ms bf16
-    MiniLM step (2,046 tokens, 2-core Xeon); the matmuls-and-softmax path below took the whole step to 669-703 ms."""
+    MiniLM forward and backward pass (2,046 tokens, 2-core Xeon); with the matmuls and softmax below the pass took
+    669-703 ms."""
     return torch.is_grad_enabled() and query.requires_grad and query.dtype in (torch.bfloat16, torch.float16)
 
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention-interface signature: SDPA, except for dropout on a CPU (the cheap mask above)."""
+    """transformers' attention-interface signature: SDPA, except on a CPU with dropout (the cheap mask above) or in
+    bf16 training (`_slow_fused_backward`)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if query.device.type != "cpu" or (dropout == 0.0 and not _slow_fused_backward(query)):
