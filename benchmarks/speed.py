@@ -179,18 +179,46 @@ def run_child(cmd: list[str], env: dict) -> None:
     print(f"  done in {time.perf_counter() - t:.0f} s (load average at start {loadavg:.1f})", flush=True)
 
 
-def cold_start(engine: str, env: dict, runs: int = 3) -> dict:
-    """Wall time from process start to the printed answer of `spanqa answer` (default model, warm graph cache)."""
+def cold_start(engines: list[str], env: dict, rounds: int = 3) -> dict:
+    """`spanqa answer` from process start to the printed answer (default model, warm graph cache), and the process's
+    peak RSS (os.wait4), the engines alternating in `rounds` so a slow spell of the machine falls on all of them.
+    `auto` runs without --engine: what a user gets."""
     exe = Path(sys.executable).parent / "spanqa"
-    cmd = [str(exe), "answer", "--engine", engine, "--question", "Who wrote Pride and Prejudice?",
-           "--context", "Pride and Prejudice is an 1813 novel of manners written by Jane Austen."]
-    subprocess.run(cmd, env=env, capture_output=True, check=True)  # builds the engine's graph if not cached yet
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
-        times.append(time.perf_counter() - t)
-    return {"median_seconds": statistics.median(times), "min_seconds": min(times), "answer": out}
+    question = ["--question", "Who wrote Pride and Prejudice?",
+                "--context", "Pride and Prejudice is an 1813 novel of manners written by Jane Austen."]
+    cmds = {e: [str(exe), "answer", *([] if e == "auto" else ["--engine", e]), *question] for e in engines}
+    for cmd in cmds.values():
+        subprocess.run(cmd, env=env, capture_output=True, check=True)  # builds the engine's graph if not cached yet
+    runs: dict[str, list[tuple[float, float, str]]] = {e: [] for e in engines}
+    for _ in range(rounds):
+        for e, cmd in cmds.items():
+            t = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            out = proc.stdout.read().strip()
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed")
+            runs[e].append((time.perf_counter() - t, usage.ru_maxrss / 1024, out))
+    return {e: {"median_seconds": statistics.median(r[0] for r in rs), "min_seconds": min(r[0] for r in rs),
+                "seconds": [r[0] for r in rs], "peak_rss_mb": [r[1] for r in rs], "answer": rs[0][2]}
+            for e, rs in runs.items()}
+
+
+def cold_start_only(args: argparse.Namespace, env: dict) -> None:
+    """--cold-start-only: the cold start of each engine (and `auto`, the default), alternating, in one run."""
+    from common import versions, write_json
+
+    engines = ["auto", *args.engines.split(",")]
+    load_before = os.getloadavg()
+    cold = cold_start(engines, env, args.rounds)
+    report = {"benchmark": "cold start of `spanqa answer`", "rounds": args.rounds, "load_before": load_before,
+              "load_after": os.getloadavg(), "cold_start_spanqa_answer": cold, "versions": versions()}
+    for e, v in cold.items():
+        print(f"cold start `spanqa answer{'' if e == 'auto' else ' --engine ' + e}`: median "
+              f"{v['median_seconds']:.2f} s (by round {', '.join(f'{x:.2f}' for x in v['seconds'])}), peak RSS "
+              f"{', '.join(f'{x:.0f}' for x in v['peak_rss_mb'])} MB")
+    print(f"load average {load_before[0]:.2f} -> {report['load_after'][0]:.2f}")
+    print(f"wrote {write_json(time.strftime('cold_start-%Y%m%d-%H%M%S.json'), report)}")
 
 
 def score(result: dict, data: dict) -> None:
@@ -221,6 +249,8 @@ def main() -> None:
                    help="python of a venv with torch and transformers==4.57.6 (made as the README says)")
     p.add_argument("--skip-default-model", action="store_true", help="skip the default-model (MLP) rows")
     p.add_argument("--out", default=str(HERE / "out"))
+    p.add_argument("--cold-start-only", action="store_true",
+                   help="only the cold start of `spanqa answer` per engine and with no --engine, in --rounds rounds")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--engine", help=argparse.SUPPRESS)
@@ -231,6 +261,8 @@ def main() -> None:
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     if args.worker:
         return spanqa_worker(args)
+    if args.cold_start_only:
+        return cold_start_only(args, {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
     if not Path(args.hf_python).exists():
         sys.exit(f"{args.hf_python} not found: make the pipeline's venv first (README, 'Tests and benchmarks'), or "
@@ -282,7 +314,7 @@ def main() -> None:
     for k in range(2, args.rounds + 1):  # the systems in turn again: a slow spell of the machine hits all of them
         print(f"round {k}", flush=True)
         rounds.append(rerun(args, results, inputs, env, out))
-    cold = {e: cold_start(e, env) for e in engines}
+    cold = cold_start(engines, env, args.rounds)
     report = summarize(args, results, ceiling, cold, data, rounds)
     report["first_use_seconds_with_graph_build"] = first_use
     (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -384,7 +416,7 @@ def print_table(report: dict) -> None:
           "process measured just before its timed passes")
     for e, v in report["cold_start_spanqa_answer"].items():
         print(f"cold start `spanqa answer --engine {e}`: median {v['median_seconds']:.2f} s, "
-              f"min {v['min_seconds']:.2f} s")
+              f"min {v['min_seconds']:.2f} s, peak RSS {max(v['peak_rss_mb']):.0f} MB at most")
 
 
 if __name__ == "__main__":
