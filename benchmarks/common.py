@@ -62,6 +62,19 @@ def run_json(cmd: list[str], env: dict) -> tuple[dict, float, str]:
     return json.loads(p.stdout.strip().splitlines()[-1]), wall, p.stderr
 
 
+def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tuple[str, float]:
+    """Run a command to its end: (its stdout, its own peak RSS in KiB, from os.wait4); a failure exits naming the
+    command (and `failed`, where to look)."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed{failed}")
+    return out, usage.ru_maxrss
+
+
 def write_json(name: str, record: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name

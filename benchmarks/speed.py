@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import DEV_V11 as DEV  # noqa: E402
-from common import linear_twin  # noqa: E402
+from common import linear_twin, run_peak_rss, versions, write_json  # noqa: E402
 
 from spanqa.config import ENGINES, TORCH_ENGINES  # noqa: E402
 from spanqa.perf import cpu_info, encoder_matmul_flops, matmul_ceiling  # noqa: E402
@@ -193,12 +193,8 @@ def cold_start(engines: list[str], env: dict, rounds: int = 3) -> dict:
     for _ in range(rounds):
         for e, cmd in cmds.items():
             t = time.perf_counter()
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            out = proc.stdout.read().strip()
-            _, status, usage = os.wait4(proc.pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed")
-            runs[e].append((time.perf_counter() - t, usage.ru_maxrss / 1024, out))
+            out, peak_kib = run_peak_rss(cmd, env, stderr=subprocess.DEVNULL)
+            runs[e].append((time.perf_counter() - t, peak_kib / 1024, out.strip()))
     return {e: {"median_seconds": statistics.median(r[0] for r in rs), "min_seconds": min(r[0] for r in rs),
                 "seconds": [r[0] for r in rs], "peak_rss_mb": [r[1] for r in rs], "answer": rs[0][2]}
             for e, rs in runs.items()}
@@ -206,8 +202,6 @@ def cold_start(engines: list[str], env: dict, rounds: int = 3) -> dict:
 
 def cold_start_only(args: argparse.Namespace, env: dict) -> None:
     """--cold-start-only: the cold start of each engine (and `auto`, the default), alternating, in one run."""
-    from common import versions, write_json
-
     engines = ["auto", *args.engines.split(",")]
     load_before = os.getloadavg()
     cold = cold_start(engines, env, args.rounds)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEV_V11, OUT, TRAIN_V11, versions, write_json  # noqa: E402
+from common import DEV_V11, OUT, TRAIN_V11, run_peak_rss, versions, write_json  # noqa: E402
 
 
 def first_questions(n: int, path: Path) -> Path:
@@ -55,16 +55,12 @@ def train_once(data: Path, out: Path, precision: str, budget: int, args: argpars
         env["PYTHONPATH"] = str(Path(src).resolve())
     load_before, t0 = os.getloadavg(), time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed; see {out.with_suffix('.log')}")
+        stdout, peak_kib = run_peak_rss(cmd, env, stderr=log, failed=f"; see {out.with_suffix('.log')}")
     summary = json.loads(stdout[stdout.index("{") :])
     recipe = json.loads((out / "spanqa.json").read_text()).get("training", {}).get("recipe", {})
     return {"precision": precision, "max_batch_tokens": budget, "attention_dropout": attention_dropout,
             "attention_dropout_that_ran": recipe.get("attention_dropout"),  # None: the base's (older checkouts)
-            "src": src or "this checkout", "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "src": src or "this checkout", "peak_rss_gb": peak_kib / 2**20,
             "wall_s": round(time.perf_counter() - t0, 1), "load_before": load_before, "load_after": os.getloadavg(),
             **{k: summary[k] for k in ("steps", "train_seconds", "real_tokens", "padded_tokens", "tokens_per_s",
                                        "matmul_gflops_per_s", "loss_ema", "threads")}}
