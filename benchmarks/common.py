@@ -62,17 +62,30 @@ def run_json(cmd: list[str], env: dict) -> tuple[dict, float, str]:
     return json.loads(p.stdout.strip().splitlines()[-1]), wall, p.stderr
 
 
-def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tuple[str, float]:
-    """Run a command to its end: (its stdout, its own peak RSS in KiB, from os.wait4); a failure exits naming the
-    command (and `failed`, where to look)."""
-    import subprocess
+# A child's ru_maxrss starts at its parent's peak (Linux keeps the pre-exec high-water mark across exec), so a child of
+# a driver that imported torch "peaks" at 220 MB however small it is. This launcher, a bare `python -S` of about 8 MB,
+# spawns the command and writes its exit code and peak RSS (KiB) to a file: the floor is the launcher's 8 MB.
+_LAUNCH = ("import os,sys\n"
+           "pid=os.posix_spawnp(sys.argv[2],sys.argv[2:],os.environ)\n"
+           "_,st,u=os.wait4(pid,0)\n"
+           "open(sys.argv[1],'w').write(f'{os.waitstatus_to_exitcode(st)} {u.ru_maxrss}')\n")
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+
+def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tuple[str, float]:
+    """Run a command to its end: (its stdout, its own peak RSS in KiB, taken through `_LAUNCH`); a failure exits
+    naming the command (and `failed`, where to look)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rusage"
+        proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(result), *map(str, cmd)], env=env,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True)
+        code, peak_kib = result.read_text().split() if result.exists() else (proc.returncode, 0)
+    if int(code) != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed{failed}")
-    return out, usage.ru_maxrss
+    return proc.stdout, float(peak_kib)
 
 
 def write_json(name: str, record: dict) -> Path:
