@@ -73,7 +73,7 @@ _LAUNCH = ("import os,sys\n"
 
 def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tuple[str, float]:
     """Run a command to its end: (its stdout, its own peak RSS in KiB, taken through `_LAUNCH`); a failure exits
-    naming the command (and `failed`, where to look)."""
+    naming the command (and `failed`, where to look; with `stderr=subprocess.PIPE`, the tail of its stderr)."""
     import subprocess
     import sys
     import tempfile
@@ -84,7 +84,8 @@ def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tu
                               stdout=subprocess.PIPE, stderr=stderr, text=True)
         code, peak_kib = result.read_text().split() if result.exists() else (proc.returncode, 0)
     if int(code) != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd))} failed{failed}")
+        tail = f":\n{proc.stderr[-3000:]}" if proc.stderr else ""
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed{failed}{tail}")
     return proc.stdout, float(peak_kib)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
 from importlib.metadata import version
@@ -71,7 +70,7 @@ def main() -> None:
               "settings": {"retriever": "InMemoryBM25Retriever (BM25L, default tokenizer)",
                            "reader": "ExtractiveReader(top_k=1, no_answer=False)",
                            "max_seq_length": data["max_seq_len"], "stride": data["doc_stride"]},
-              "runs": runs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "runs": runs}
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
 
@@ -77,7 +76,6 @@ def main() -> None:
         "predictions": dict(zip(data["ids"], runs[0][1], strict=True)),
         "long_predictions": dict(zip(data["long"]["ids"], long_pred, strict=True)),
         "settings": settings,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     with open(args.out, "w") as f:
         json.dump(result, f)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import DEV_V11, OUT, TRAIN_V11, linear_twin, versions, write_json  # noqa: E402
+from common import DEV_V11, OUT, TRAIN_V11, linear_twin, run_peak_rss, versions, write_json  # noqa: E402
 
 from spanqa.ask import Index  # noqa: E402
 from spanqa.metric import evaluate_v1, normalize_answer  # noqa: E402
@@ -148,12 +148,12 @@ def latency(times: list[float]) -> dict:
 
 
 # ---- the anchor: Haystack 2.x in its own venv ----------------------------------------------------------------------
-def run_step(cmd: list[str], env: dict | None = None) -> None:
+def run_step(cmd: list[str], env: dict | None = None) -> float:
+    """Run one step to its end; its own peak RSS in MB (through `run_peak_rss`, so not this driver's)."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark step failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    _, peak_kib = run_peak_rss(cmd, os.environ if env is None else env, stderr=subprocess.PIPE)
     print(f"  done in {time.perf_counter() - t:.0f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
+    return peak_kib / 1024
 
 
 def haystack_python() -> Path:
@@ -182,9 +182,9 @@ def run_haystack(args, index: Index, questions: list[dict], ks: list[int], env: 
                                   "max_seq_len": fmt.max_seq_len, "doc_stride": fmt.doc_stride}))
     result_path = inputs.with_name(inputs.name.replace("inputs", "result"))
     print(f"  haystack on {len(index)} passages, K = {ks}", flush=True)
-    run_step([str(python), str(HERE / "haystack_worker.py"), str(inputs), str(hf_dir), str(result_path),
-              "--threads", str(args.threads), "--ks", ",".join(map(str, ks))], env)
-    result = json.loads(result_path.read_text())
+    peak = run_step([str(python), str(HERE / "haystack_worker.py"), str(inputs), str(hf_dir), str(result_path),
+                     "--threads", str(args.threads), "--ks", ",".join(map(str, ks))], env)
+    result = {**json.loads(result_path.read_text()), "peak_rss_mb": peak}
     golds = {q["id"]: q["golds"] for q in questions}
     for run in result["runs"].values():
         run.update(score(golds, run.pop("predictions")))

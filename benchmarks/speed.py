@@ -29,7 +29,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -164,19 +163,19 @@ def spanqa_worker(args) -> None:
         "matmul_ceiling_gflops": ceiling["gflops"], "matmul_ceiling_by_shape": ceiling["by_shape"],
         "predictions": dict(zip(data["ids"], preds, strict=True)),
         "long_predictions": dict(zip(long["ids"], long_preds, strict=True)),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     Path(args.result).write_text(json.dumps(result))
 
 
 # ---- the driver ------------------------------------------------------------------------------------------------------
-def run_child(cmd: list[str], env: dict) -> None:
+def run_child(cmd: list[str], env: dict) -> float:
+    """Run one step to its end; its own peak RSS in MB (through `run_peak_rss`: a worker's own
+    `getrusage(RUSAGE_SELF)` would start at this driver's RSS, a torch reader's some hundreds of MB)."""
     loadavg = os.getloadavg()[0]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark step failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    _, peak_kib = run_peak_rss(cmd, env, stderr=subprocess.PIPE)
     print(f"  done in {time.perf_counter() - t:.0f} s (load average at start {loadavg:.1f})", flush=True)
+    return peak_kib / 1024
 
 
 def cold_start(engines: list[str], env: dict, rounds: int = 3) -> dict:
@@ -284,8 +283,8 @@ def main() -> None:
     results = []
     print("hf-pipeline (transformers 4.57.6) on", hf_dir, flush=True)
     res = out / "speed_hf-pipeline.json"
-    run_child(worker_cmd(args, None, str(hf_dir), inputs, res, args.pipeline_batch_sizes), env)
-    results.append({**json.loads(res.read_text()), "weights": "linear-hf", "model": str(hf_dir)})
+    peak = run_child(worker_cmd(args, None, str(hf_dir), inputs, res, args.pipeline_batch_sizes), env)
+    results.append({**json.loads(res.read_text()), "weights": "linear-hf", "model": str(hf_dir), "peak_rss_mb": peak})
     plan = [(e, str(hf_dir), "linear-hf") for e in engines]
     if not args.skip_default_model:
         plan += [(e, "default", "default (MLP)") for e in engines]
@@ -300,8 +299,8 @@ def main() -> None:
         print(f"spanqa {engine} on {weights}", flush=True)
         res = out / f"speed_{engine}_{'default' if model == 'default' else 'linear'}.json"
         sizes = args.batch_sizes if model != "default" else [best_batch(results, engine)]
-        run_child(worker_cmd(args, engine, model, inputs, res, ",".join(map(str, sizes))), env)
-        results.append({**json.loads(res.read_text()), "weights": weights})
+        peak = run_child(worker_cmd(args, engine, model, inputs, res, ",".join(map(str, sizes))), env)
+        results.append({**json.loads(res.read_text()), "weights": weights, "peak_rss_mb": peak})
     for r in results:
         score(r, data)
     rounds = [[r["questions_per_second"] for r in results]]
