@@ -280,3 +280,12 @@ def test_out_must_be_an_index_or_new(tmp_path, capsys):
     assert (tmp_path / "busy" / "precious.txt").read_text() == "keep me"
     assert main(["index", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "n"), "--overlap-words", "300"]) == 2
     assert "--overlap-words must be below passage_words" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "doc.txt").write_text("words")
+    (tmp_path / "afile").write_text("not a folder")
+    assert main(["index", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "afile" / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"spanqa: error: {tmp_path / 'afile' / 'idx'}: cannot create the index folder there (Not a " \
+                  "directory); choose another --out\n"

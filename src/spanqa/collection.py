@@ -228,6 +228,15 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _make_tmp(tmp: Path, out: Path) -> None:
+    """The temporary folder beside `out` that the index is written to (with `out`'s missing parents)."""
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the index folder there ({e.strerror or e}); choose another --out") \
+            from None
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another --out")
@@ -336,7 +345,7 @@ class Collection:
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tmp.mkdir(parents=True)
+            _make_tmp(tmp, out)
             report.passages, tokens = _write(tmp, docs, sources_meta, config)
             _index_bm25(tmp, tokens)
             del tokens
