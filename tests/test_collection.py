@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -289,3 +290,33 @@ def test_an_out_that_cannot_be_made_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"spanqa: error: {tmp_path / 'afile' / 'idx'}: cannot create the index folder there (Not a " \
                   "directory); choose another --out\n"
+
+
+def test_pipes_sockets_and_dangling_links_are_skipped_in_a_folder_and_refused_by_name(tmp_path, capsys):
+    import socket
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.txt").write_text("A document about rivers.")
+    os.mkfifo(root / "pipe.txt")  # reading it would wait forever for a writer
+    (root / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "s.md"))
+    try:
+        assert [f.path.name for f in find_sources([root])] == ["a.txt"]
+        assert main(["index", str(root), "--out", str(tmp_path / "idx")]) == 0
+        for name in ("pipe.txt", "s.md"):
+            capsys.readouterr()
+            assert main(["index", str(root / name), "--out", str(tmp_path / "new")]) == 2
+            assert capsys.readouterr().err == f"spanqa: error: {root / name}: not a regular file (a pipe, socket or " \
+                                              "device); copy its text to a file\n"
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_source_is_one_line(tmp_path, capsys):
+    (tmp_path / "secret.txt").write_text("words")
+    (tmp_path / "secret.txt").chmod(0)
+    assert main(["index", str(tmp_path / "secret.txt"), "--out", str(tmp_path / "idx")]) == 2
+    assert capsys.readouterr().err == f"spanqa: error: {tmp_path / 'secret.txt'}: cannot read: Permission denied\n"

@@ -1,6 +1,7 @@
 """Sources → documents: the text a collection is built from, each document's text exactly as answers will index it.
 
-    folder/            every file below it with a known suffix (hidden files and folders skipped), in sorted order
+    folder/            every file below it with a known suffix (hidden files and folders, pipes, sockets and dangling
+                       links skipped), in sorted order
     *.txt, *.md        one document: the file's UTF-8 text as stored (no newline translation: CRLF stays CRLF)
     *.jsonl            one document per line: {"id"?, "text", "title"?} (id defaults to FILE:LINE)
     *.json             SQuAD JSON: one document per paragraph, id "TITLE#N" (the paragraph's index in its article)
@@ -48,9 +49,12 @@ class SourceFile:
     def fingerprint(self) -> str:
         """sha256 of the file's bytes: what decides whether a re-run may reuse this file's documents."""
         h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+        try:
+            with open(self.path, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except OSError as e:  # a file that cannot be opened (permissions)
+            raise DataError(f"{self.path}: cannot read: {e.strerror or e}") from None
         return h.hexdigest()
 
 
@@ -79,6 +83,8 @@ def find_sources(sources: list[str | os.PathLike]) -> list[SourceFile]:
                 raise DataError(f"{path}: folder holds no file to index (looked for {', '.join(SUFFIXES)})")
         elif kind_of(path) is None:
             raise DataError(f"{path}: cannot index this kind of file (expected one of {', '.join(SUFFIXES)})")
+        elif not path.is_file():
+            raise DataError(f"{path}: not a regular file (a pipe, socket or device); copy its text to a file")
         else:
             files = [path]
         for f in files:
@@ -90,7 +96,8 @@ def _walk(folder: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):
+            # not pipes, sockets or dangling links: reading them would block or fail
+            if not name.startswith(".") and os.path.isfile(os.path.join(root, name)):
                 yield Path(root) / name
 
 
