@@ -320,3 +320,17 @@ def test_an_unreadable_source_is_one_line(tmp_path, capsys):
     (tmp_path / "secret.txt").chmod(0)
     assert main(["index", str(tmp_path / "secret.txt"), "--out", str(tmp_path / "idx")]) == 2
     assert capsys.readouterr().err == f"spanqa: error: {tmp_path / 'secret.txt'}: cannot read: Permission denied\n"
+
+
+def test_an_index_inside_its_source_folder_is_not_read_as_documents(tmp_path, capsys):
+    """Building again must not index the index's own documents.jsonl and index.json."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("A document about rivers.")
+    assert main(["index", str(docs), "--out", str(docs / "idx")]) == 0
+    (docs / "b.txt").write_text("A document about lakes.")
+    assert main(["index", str(docs), "--out", str(docs / "idx")]) == 0
+    assert "updated (read 1 new or changed, reused 1, dropped 0): 2 documents" in capsys.readouterr().out
+    assert main(["index", str(docs / "idx"), "--out", str(docs / "idx")]) == 2
+    assert capsys.readouterr().err == f"spanqa: error: {docs / 'idx'}: is the index folder (--out); name the " \
+                                      "documents, not the index\n"

@@ -331,7 +331,7 @@ class Collection:
         t0 = time.perf_counter()
         out, config = Path(out), config or IndexConfig()
         _check_out(out)
-        files = find_sources(list(sources))
+        files = find_sources(list(sources), out)
         old, reason = _previous(cls, out, config)
         report = BuildReport("built" if not (out / MANIFEST).exists() else "rebuilt" if old is None else "updated",
                              reason, sources=len(files))

@@ -68,17 +68,22 @@ def kind_of(path: Path) -> str | None:
             ".htm": "html"}.get(suffix)
 
 
-def find_sources(sources: list[str | os.PathLike]) -> list[SourceFile]:
-    """The files that `sources` name (folders walked), each once, in the order given; DataError for a bad one."""
+def find_sources(sources: list[str | os.PathLike], index: Path | None = None) -> list[SourceFile]:
+    """The files that `sources` name (folders walked), each once, in the order given; DataError for a bad one.
+    `index`: the folder the index goes to, never read as a source (it may lie inside a source folder)."""
     if not sources:
         raise DataError("no sources given: name files or folders to index")
+    skip = index.resolve() if index is not None else None
     found: dict[Path, SourceFile] = {}
     for src in sources:
         path = Path(src)
         if not path.exists():
             raise DataError(f"{path}: source not found")
+        if skip is not None and path.resolve().is_relative_to(skip):
+            where = "the index folder" if path.resolve() == skip else f"in the index folder {index}"
+            raise DataError(f"{path}: is {where} (--out); name the documents, not the index")
         if path.is_dir():
-            files = [f for f in _walk(path) if kind_of(f)]
+            files = [f for f in _walk(path, skip) if kind_of(f)]
             if not files:
                 raise DataError(f"{path}: folder holds no file to index (looked for {', '.join(SUFFIXES)})")
         elif kind_of(path) is None:
@@ -92,9 +97,9 @@ def find_sources(sources: list[str | os.PathLike]) -> list[SourceFile]:
     return list(found.values())
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, skip: Path | None) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
         for name in sorted(files):
             # not pipes, sockets or dangling links: reading them would block or fail
             if not name.startswith(".") and os.path.isfile(os.path.join(root, name)):
