@@ -206,6 +206,26 @@ def test_an_index_from_another_version_is_refused_by_ask(folder, tmp_path, tiny_
     assert f"index.json: index format version 99, and this spanqa reads version {VERSION};" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("cut_text", "files disagree on the number of documents, passages or bytes of text"),
+    ("manifest_without_counts", "(KeyError: 'documents')"),
+])
+def test_a_damaged_index_is_refused_by_ask_and_rebuilt_by_index(folder, tmp_path, tiny_model_dir, capsys, damage,
+                                                                 message):
+    """A text.bin cut short (a full disk, a partial copy) used to give passages that were not the documents'."""
+    idx = tmp_path / "idx"
+    Index.build([folder], idx)
+    if damage == "cut_text":
+        (idx / "text.bin").write_bytes((idx / "text.bin").read_bytes()[:-20])
+    else:
+        (idx / "index.json").write_text(json.dumps({"format": "spanqa-index", "version": VERSION}))
+    assert main(["ask", "--index", str(idx), "--model", str(tiny_model_dir), "--question", QUESTIONS[3]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spanqa: error: {idx}: damaged index ") and message in err and err.count("\n") == 1
+    assert main(["index", str(folder), "--out", str(idx)]) == 0
+    assert f"{idx}: rebuilt (the index there could not be read: damaged index" in capsys.readouterr().out
+
+
 def test_default_model_finds_the_answer_among_documents(folder, tmp_path):
     """The shipped model over a small collection: the right document, the right span, from one shared ranking."""
     index = Index.build([folder], tmp_path / "idx")

@@ -289,13 +289,16 @@ class Collection:
             passages = np.load(path / "passages.npy", mmap_mode="r")
             text = np.memmap(path / "text.bin", dtype=np.uint8, mode="r")
             bm25 = bm25s.BM25.load(path / "bm25", mmap=True, show_progress=False)
-        except (OSError, ValueError, KeyError, IndexError) as e:
+            sizes_agree = (len(documents) == manifest["documents"] and len(passages) == manifest["passages"]
+                           and len(text) == documents[-1]["bytes"][1])  # a cut text.bin would give wrong passages
+            index = cls(path, manifest, documents, passages, text, bm25)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise DataError(f"{path}: damaged index ({type(e).__name__}: {str(e).splitlines()[0][:200]}); build it "
                             "again with `spanqa index SOURCES --out DIR`") from None
-        if len(documents) != manifest["documents"] or len(passages) != manifest["passages"]:
-            raise DataError(f"{path}: damaged index (its files disagree on the number of documents or passages); "
-                            "build it again with `spanqa index SOURCES --out DIR`")
-        return cls(path, manifest, documents, passages, text, bm25)
+        if not sizes_agree:
+            raise DataError(f"{path}: damaged index (its files disagree on the number of documents, passages or "
+                            "bytes of text); build it again with `spanqa index SOURCES --out DIR`")
+        return index
 
     def __len__(self) -> int:
         return len(self.passages)
