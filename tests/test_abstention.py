@@ -139,6 +139,26 @@ def test_negatives_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "--ratio must be between 0 and 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "{src}"], "--out {src}: is the input; writing it would overwrite the input: choose another --out"),
+    (["--out", "{tmp}/sub/../train.json"], "is the input {src}, spelled another way"),
+    (["--out", "{tmp}/o.json", "--holdout-out", "{src}"], "--holdout-out {src}: is the input;"),
+    (["--out", "{tmp}/o.json", "--holdout-out", "{tmp}/./o.json"], "is --out too; the held-out articles would "
+                                                                   "overwrite the others"),
+    (["--out", "{tmp}/train.json/o.json"], "train.json is a file, expected a directory"),
+    (["--out", "{tmp}"], "is a directory, expected a file"),
+])
+def test_negatives_never_overwrite_the_input(tmp_path, capsys, argv, message):
+    """`--out` (or `--holdout-out`) spelled as --data used to replace the input with the mined set."""
+    src = squad_file(tmp_path / "train.json")
+    before = src.read_bytes()
+    argv = [a.format(tmp=tmp_path, src=src) for a in argv]
+    assert main(["negatives", "--data", str(src), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spanqa: error: ") and err.count("\n") == 1 and message.format(src=src) in err, err
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]
+
+
 # ---- threshold, calibration, ECE ---------------------------------------------------------------------------------
 def test_threshold_tuning_matches_a_hand_computation():
     # p(unanswerable), has answer, F1 if answered

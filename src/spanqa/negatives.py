@@ -35,7 +35,7 @@ from pathlib import Path
 from spanqa.config import NegativesConfig
 from spanqa.errors import DataError
 from spanqa.metric import normalize_answer
-from spanqa.validation import open_text
+from spanqa.validation import check_file, check_output, open_text, same_file
 
 KINDS = ("sentence_removed", "entity_swapped", "nearest_paragraph", "antonym_swapped", "negated")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -271,6 +271,7 @@ def mine_article(article: dict, cfg: NegativesConfig, rng: random.Random, report
 
 def mine(cfg: NegativesConfig) -> Report:
     """Read cfg.data, write cfg.out (and cfg.holdout_out); return the counts."""
+    _check_outputs(cfg)
     try:
         data = json.loads(open_text(cfg.data, expect="a SQuAD .json or .json.gz file", newlines=True))
     except json.JSONDecodeError as e:
@@ -293,6 +294,17 @@ def mine(cfg: NegativesConfig) -> Report:
     if cfg.holdout_out:
         _write(cfg.holdout_out, side)
     return report
+
+
+def _check_outputs(cfg: NegativesConfig) -> None:
+    """Before any work: neither file written is the input, nor are they one file, however spelled."""
+    data = check_file(cfg.data, expect="a SQuAD .json or .json.gz file")
+    check_output(cfg.out, "--out", inputs=[data])
+    if cfg.holdout_out:
+        check_output(cfg.holdout_out, "--holdout-out", inputs=[data])
+        if same_file(cfg.out, cfg.holdout_out):
+            raise DataError(f"--holdout-out {cfg.holdout_out}: is --out too; the held-out articles would overwrite "
+                            "the others: choose another --holdout-out")
 
 
 def _write(path: str, articles: list[dict]) -> None:
