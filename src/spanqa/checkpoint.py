@@ -118,7 +118,8 @@ def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, Read
     model shipped in the package."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.is_dir():
-        raise ModelError(f"{path}: model directory not found")
+        raise ModelError(f"{path}: is a file, expected a model directory" if path.exists() else
+                         f"{path}: model directory not found")
     meta = path / SPANQA_JSON
     if not meta.exists():
         from spanqa.hf import is_hf_qa_dir, load_hf_qa

@@ -240,7 +240,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise SpanqaError(f"--out {out} already exists; choose a new directory")
-    if not (src / SPANQA_JSON).exists():
+    if src.is_dir() and not (src / SPANQA_JSON).exists():
         raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train first")
     data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
     reader = _reader(args)
