@@ -297,6 +297,18 @@ def test_calibrate_cli_writes_a_model_that_abstains(tiny_model_dir, tmp_path, ca
     assert "already exists" in capsys.readouterr().err
 
 
+def test_calibrate_refuses_an_out_it_cannot_write_before_the_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """An --out under a file used to print a traceback from copytree, after calibrating."""
+    import spanqa.evaluation
+
+    monkeypatch.setattr(spanqa.evaluation, "calibrate", lambda *a, **k: pytest.fail("the work started"))
+    src = squad_file(tmp_path / "v1.json", copies=1)
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(src), "--out",
+                 str(src / "cal")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"spanqa: error: --out {src / 'cal'}: {src} is a file, not a directory\n"
+
+
 def test_train_layers_trains_only_the_top_layers_and_the_heads(tmp_path, tokenizer):
     from tinytrain import make_base, weights, write_train_jsonl
 

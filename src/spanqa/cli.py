@@ -234,12 +234,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from spanqa.data import load_dataset
     from spanqa.default_model import default_model_dir
     from spanqa.evaluation import calibrate
+    from spanqa.validation import check_file, check_output
 
     cfg = build(EvaluateConfig, args)
     src = Path(args.model) if args.model else default_model_dir()
     out = Path(args.out)
     if out.exists():
         raise SpanqaError(f"--out {out} already exists; choose a new directory")
+    check_output(out, "--out", inputs=[check_file(args.data)], directory=True)  # refused before the work, not after
+    out.rmdir()  # copytree makes it again, with the model
     if src.is_dir() and not (src / SPANQA_JSON).exists():
         raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train first")
     data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
