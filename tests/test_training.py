@@ -199,3 +199,31 @@ def test_attention_dropout_needs_an_encoder_that_has_one():
     assert set_attention_dropout(bert, None, gpu) is None and drop.p == 0.1
     assert set_attention_dropout(bert, None, cpu) == 0.0 and drop.p == 0.0
     assert set_attention_dropout(bert, 0.25, gpu) == 0.25
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--epochs", "inf"], "--epochs must be a finite number, got inf"),
+    (["--time-budget", "nan"], "--time-budget must be a finite number, got nan"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be positive, got -1.0"),
+    (["--weight-decay", "-0.5"], "--weight-decay must be at least 0, got -0.5"),
+    (["--warmup", "5"], "--warmup must be a fraction of the schedule, between 0 and 1, got 5.0"),
+])
+def test_non_finite_and_out_of_range_optimiser_settings_are_one_line(tmp_path, capsys, argv, message):
+    """nan and inf passed every "at least" check (a traceback from the optimiser or from int(inf) later); a negative
+    clipping norm turned the gradients around and a warmup past the schedule never reached the peak, silently."""
+    from spanqa.cli import main
+
+    data = tmp_path / "t.jsonl"
+    data.write_text(json.dumps({"id": "a", "question": "q?", "context": "c d", "answers": {"text": ["c"],
+                                                                                          "answer_start": [0]}}))
+    assert main(["train", "--train", str(data), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert capsys.readouterr().err == f"spanqa: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_is_refused_by_the_api_too():
+    from spanqa.config import AskConfig, SettingError
+
+    with pytest.raises(SettingError, match="bm25_weight must be a finite number, got nan"):
+        AskConfig(bm25_weight=float("nan"))

@@ -8,6 +8,7 @@ CLI refuse the same settings with the same words.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
 from spanqa.errors import ConfigError, ModelError
@@ -44,6 +45,8 @@ def at_least(obj, names: str, low: float, strict: bool = False) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float) or (v <= low if strict else v < low):
             raise SettingError(name, f"must be {'positive' if strict and low == 0 else f'at least {low}'}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison above; inf overflows
+            raise SettingError(name, f"must be a finite number, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,11 @@ class OptimConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
 
     def __post_init__(self) -> None:
-        at_least(self, "lr", 0, strict=True)
+        at_least(self, "lr max_grad_norm", 0, strict=True)  # a negative clipping norm turns the gradients around
         at_least(self, "batch_size grad_accum", 1)
-        at_least(self, "max_batch_tokens", 0)
+        at_least(self, "max_batch_tokens weight_decay warmup", 0)
+        if self.warmup > 1:
+            raise SettingError("warmup", f"must be a fraction of the schedule, between 0 and 1, got {self.warmup!r}")
 
 
 @dataclass(frozen=True)
