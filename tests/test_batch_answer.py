@@ -152,14 +152,16 @@ def test_bad_lines_are_named_or_skipped(tmp_path, tiny_model_dir, capsys, bad, m
     (["--input", "IN", "--output", "OUT", "--question", "q?"], "do not also give --question"),
     (["--input", "IN", "--output", "OUT", "--chunk", "0"], "--chunk must be at least 1"),
     (["--input", "MISSING", "--output", "OUT"], "MISSING: file not found"),
+    (["--input", "IN", "--output", "OUT.gz"], "answers are written as plain JSONL, not gzip; name it without .gz"),
     (["--question", "q?"], "give --question and --context"),
 ])
 def test_flag_errors(tmp_path, tiny_model_dir, capsys, argv, message):
     write_questions(tmp_path / "IN", 2)
-    argv = [str(tmp_path / a) if a in ("IN", "OUT", "MISSING") else a for a in argv]
+    argv = [str(tmp_path / a) if a in ("IN", "OUT", "OUT.gz", "MISSING") else a for a in argv]
     assert run_cli("--model", str(tiny_model_dir), *argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("spanqa: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IN"]  # a file named .gz held plain text before
 
 
 def test_an_output_file_that_is_not_ours_is_refused(tmp_path, tiny_model_dir, capsys):

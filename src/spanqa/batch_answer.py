@@ -186,6 +186,9 @@ def check_paths(input_path: str | os.PathLike, output_path: str | os.PathLike) -
     """(input, output, fingerprint log), checked before any work: the input exists, and neither file written is the
     input, however spelled."""
     inp = check_file(input_path, expect="a .jsonl file")
+    if Path(output_path).suffix == ".gz":  # appended a chunk at a time and cut back on resume: plain text only
+        raise DataError(f"--output {output_path}: answers are written as plain JSONL, not gzip; name it without .gz "
+                        "(and compress it when the run is done)")
     outp = check_output(output_path, "--output", inputs=[inp])
     return inp, outp, check_output(log_path(outp), "--output", inputs=[inp])
 
