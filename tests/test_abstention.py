@@ -309,6 +309,24 @@ def test_calibrate_refuses_an_out_it_cannot_write_before_the_work(tiny_model_dir
     assert err == f"spanqa: error: --out {src / 'cal'}: {src} is a file, not a directory\n"
 
 
+def test_calibrating_on_one_kind_of_question_warns(tiny_reader, tmp_path):
+    """Without unanswerable questions the fit says 'never abstain' (with only those, 'always'), which used to pass
+    without a word."""
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import calibrate
+
+    src = squad_file(tmp_path / "v1.json", copies=1)
+    with pytest.warns(UserWarning, match="v1.json: no question is unanswerable, so the calibrated model will never "
+                                         "abstain"):
+        calibrate(tiny_reader, load_dataset(src))
+    doc = json.loads(src.read_text())
+    for p in doc["data"][0]["paragraphs"]:
+        p["qas"] = [{**qa, "answers": [], "is_impossible": True} for qa in p["qas"]]
+    (tmp_path / "neg.json").write_text(json.dumps({**doc, "version": "v2.0"}))
+    with pytest.warns(UserWarning, match="every question is unanswerable, so the calibrated model will always"):
+        calibrate(tiny_reader, load_dataset(tmp_path / "neg.json"))
+
+
 def test_train_layers_trains_only_the_top_layers_and_the_heads(tmp_path, tokenizer):
     from tinytrain import make_base, weights, write_train_jsonl
 

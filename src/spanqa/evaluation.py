@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -168,6 +169,15 @@ def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
             raise DataError(f"{out / name}: cannot write ({e.strerror or e})") from None
 
 
+def _warn_one_kind(path, unanswerable: np.ndarray) -> None:
+    """Data of one kind teaches nothing about when to abstain: the fit comes out 'never' (or 'always')."""
+    if unanswerable.all() or not unanswerable.any():
+        kind, does = ("every", "always") if unanswerable.all() else ("no", "never")
+        warnings.warn(f"{path}: {kind} question is unanswerable, so the calibrated model will {does} abstain; "
+                      "calibrate on data with both kinds (`spanqa negatives` mines unanswerable questions)",
+                      stacklevel=2)
+
+
 def calibrate(reader: Reader, dataset: Dataset, batch_size: int = 64, progress: bool = False) -> tuple[Calibration,
                                                                                                        float, dict]:
     """Fit the calibration and the no-answer threshold on labelled data (see spanqa.calibration); return them and
@@ -194,6 +204,7 @@ def calibrate(reader: Reader, dataset: Dataset, batch_size: int = 64, progress: 
     unans = np.array([not ex.answers for ex in examples])
     feats_np = np.asarray(feats)
     note = {"data": Path(dataset.path).name, "questions": len(examples), "unanswerable": int(unans.sum())}
+    _warn_one_kind(dataset.path, unans)
     cal = fit(feats_np, unans, np.asarray(best_log), np.asarray(right), note)
     thresh, f1 = best_threshold(cal.p_unanswerable(feats_np), ~unans, np.asarray(f1s))
     return cal, thresh, {**note, "f1_at_threshold": f1, "threshold": thresh}
