@@ -110,3 +110,21 @@ def test_python_dash_m_exits_2_without_traceback(tiny_model_dir, tmp_path, bad):
     assert proc.returncode == 2, proc.stderr
     assert bad in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]  # exactly one line
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tiny_model_dir):
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "spanqa", "serve", "--model", str(tiny_model_dir), "--port",
+                               str(port)], capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - t
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"spanqa: error: --host 127.0.0.1 --port {port}: cannot listen "
+                                               "there (Address already in use); choose another --port (or --host)"]
+    assert seconds < 5  # refused before torch and the model load (about 4 s more here)

@@ -25,8 +25,25 @@ def limit_heap_growth(threshold: int = 128 * 1024) -> bool:
         return False
 
 
+def check_listen(host: str, port: int) -> None:
+    """Bind and release the address uvicorn will listen on (with its SO_REUSEADDR), so that a port in use or a host
+    this machine does not have is one line before the model loads, not uvicorn's log line after it."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as e:  # socket.gaierror too
+        raise SpanqaError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                          "choose another --port (or --host)") from None
+
+
 def serve(s: ServerSettings) -> None:
     """Load the model, warm it up, and run uvicorn until interrupted."""
+    check_listen(s.host, s.port)
     import torch
 
     try:
