@@ -128,6 +128,9 @@ BAD_LINES = [
     (b'{"id": "b", "question": "q", "context": "caf\xe9"}', "line 2: field 'line' is not UTF-8 text"),
     (b'{"id": "a", "question": "q", "context": "c"}', "line 2: field 'id' 'a' is used twice"),
     (b"[" * 100_000, "line 2: field 'line' is nested too deeply"),
+    (b'{"version": "1.1", "data": []}', "line 2: field 'id' is missing: this looks like SQuAD JSON"),
+    (b"{", "line 2: field 'line' is not valid JSON (Expecting property name enclosed in double quotes at column 1) "
+           "(one JSON document over many lines? --input reads JSONL: one object a line)"),
 ]
 
 

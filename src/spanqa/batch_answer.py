@@ -83,7 +83,9 @@ def parse_line(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise Invalid("line", f"is not valid JSON ({json_error(e, line=False)})") from None
+        whole = " (one JSON document over many lines? --input reads JSONL: one object a line)" \
+            if line.strip() in ("{", "[") else ""
+        raise Invalid("line", f"is not valid JSON ({json_error(e, line=False)}){whole}") from None
     except RecursionError:
         raise Invalid("line", "is nested too deeply") from None
     return check_record(rec, fields)
@@ -94,6 +96,9 @@ def check_record(rec, fields: tuple[str, ...] = FIELDS) -> Record:
     if not isinstance(rec, dict):
         raise Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
     qid = rec.get("id")
+    if qid is None and "data" in rec:
+        raise Invalid("id", "is missing: this looks like SQuAD JSON, which `spanqa evaluate --data` reads; --input "
+                            "reads JSONL, one {\"id\", \"question\", \"context\"} object a line")
     if qid is None:
         raise Invalid("id", "is missing")
     if isinstance(qid, bool) or not isinstance(qid, str | int):
