@@ -97,8 +97,9 @@ def check_record(rec, fields: tuple[str, ...] = FIELDS) -> Record:
         raise Invalid("line", f"must be a JSON object, got {type(rec).__name__}")
     qid = rec.get("id")
     if qid is None and "data" in rec:
-        raise Invalid("id", "is missing: this looks like SQuAD JSON, which `spanqa evaluate --data` reads; --input "
-                            "reads JSONL, one {\"id\", \"question\", \"context\"} object a line")
+        keys = ", ".join(f'"{k}"' for k in ("id", *fields))
+        raise Invalid("id", f"is missing: this looks like SQuAD JSON, which `spanqa evaluate --data` reads; --input "
+                            f"reads JSONL, one {{{keys}}} object a line")
     if qid is None:
         raise Invalid("id", "is missing")
     if isinstance(qid, bool) or not isinstance(qid, str | int):
