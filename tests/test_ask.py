@@ -134,7 +134,9 @@ def test_probabilities_are_the_answer_passages_tokens(index):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"passages": 0}, "passages must be an integer of at least 1"),
-                                             ({"top_k": [1, 2]}, "top_k: 2 values for 1 questions")])
+                                             ({"top_k": [1, 2]}, "top_k: 2 values for 1 questions"),
+                                             ({"probabilities": "no"}, "probabilities must be true, false or a list"),
+                                             ({"probabilities": [True, False]}, "probabilities: 2 flags for 1 ques")])
 def test_bad_settings_are_refused(index, kwargs, message):
     from spanqa.errors import ConfigError
 

@@ -60,6 +60,24 @@ def test_bad_inputs(tiny_reader, tmp_path):
         Reader.load(tmp_path)
 
 
+@pytest.mark.parametrize("flags, message", [([True], "probabilities: 1 flags for 2 questions"),
+                                            ([True, False, True], "probabilities: 3 flags for 2 questions"),
+                                            (None, "must be true, false or a list of 2 of them, got NoneType"),
+                                            ("no", "must be true, false or a list of 2 of them, got str"),
+                                            ([True, "no"], "must hold true or false, got 'no'")])
+def test_probability_flags_of_the_wrong_length_or_type_are_refused(tiny_reader, flags, message):
+    """Before: a short list was an IndexError from deep in predict, None a TypeError, "no" turned them on."""
+    with pytest.raises(ConfigError, match=message):
+        tiny_reader.predict(["q", "q"], ["c one", "c two"], probabilities=flags)
+
+
+def test_probability_flags_one_per_question(tiny_reader):
+    import numpy as np
+
+    preds = tiny_reader.predict(["q", "q"], ["c one", "c two"], probabilities=[False, np.bool_(True)])
+    assert preds[0].probabilities is None and preds[1].probabilities is not None
+
+
 def test_shipped_default_model_answers_offline():
     reader = Reader.load()  # the model inside the package, no network (HF_HUB_OFFLINE=1)
     assert reader.config.head.kind in ("linear", "mlp")

@@ -54,7 +54,7 @@ from spanqa.config import AskConfig
 from spanqa.decoding import SpanCandidate
 from spanqa.errors import ConfigError
 from spanqa.metric import normalize_answer
-from spanqa.reader import Prediction, Reader
+from spanqa.reader import Prediction, Reader, check_flags
 from spanqa.scoring import TokenProbs
 from spanqa.validation import Invalid, check_text
 
@@ -178,8 +178,8 @@ class Index(Collection):
         """Answer many questions; the passages of all of them are read in shared batches. `passages`, `top_k`
         and `probabilities` are one value for all questions, or one per question."""
         n = len(_checked_questions(questions))
-        ks, tops, probs = (_per_question(v, n, name) for v, name in
-                           ((passages, "passages"), (top_k, "top_k"), (probabilities, "probabilities")))
+        ks, tops = (_per_question(v, n, name) for v, name in ((passages, "passages"), (top_k, "top_k")))
+        probs = check_flags(probabilities, n)
         if self.reader is None:
             self.reader = Reader.load()
         hits = [self.search(q, k) for q, k in zip(questions, ks, strict=True)]
@@ -226,6 +226,6 @@ def _per_question(value, n: int, name: str) -> list:
     if len(values) != n:
         raise ConfigError(f"{name}: {len(values)} values for {n} questions")
     for v in values:
-        if name != "probabilities" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
     return values

@@ -136,6 +136,22 @@ def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: in
             raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
 
 
+def check_flags(value: bool | Sequence[bool], n: int, name: str = "probabilities") -> list[bool]:
+    """One flag per question from one flag for all or a list of `n`; refused otherwise, since a wrong length would
+    fail deep in the decoding and a string ("no" is truthy) would silently turn the flag on."""
+    if isinstance(value, bool | np.bool_):
+        return [bool(value)] * n
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise ConfigError(f"{name} must be true, false or a list of {n} of them, got {type(value).__name__}")
+    flags = list(value)
+    if len(flags) != n:
+        raise ConfigError(f"{name}: {len(flags)} flags for {n} questions")
+    bad = next((f for f in flags if not isinstance(f, bool | np.bool_)), None)
+    if bad is not None:
+        raise ConfigError(f"{name} must hold true or false, got {bad!r}")
+    return [bool(f) for f in flags]
+
+
 class Reader:
     """A SpanModel with its tokenizer and settings, run by an engine (torch, onnx, onnx-int8)."""
 
@@ -301,7 +317,7 @@ class Reader:
         question) on stderr once the work takes over PROGRESS_DELAY_S.
         """
         check_inputs(questions, contexts, top_k=top_k, batch_size=batch_size)
-        want = [bool(probabilities)] * len(questions) if isinstance(probabilities, bool) else list(probabilities)
+        want = check_flags(probabilities, len(questions))
         settings = PassSettings(top_k=top_k, max_answer_len=self.config.decode.max_answer_len, batch_size=batch_size,
                                 max_batch_tokens=self.max_batch_tokens, chunk_windows=self.chunk_windows,
                                 pad_id=self.tokenizer.pad_token_id or 0, probabilities=any(want),
