@@ -146,6 +146,22 @@ def test_bad_settings_are_refused(index, kwargs, message):
         index.ask("  ")
 
 
+@pytest.mark.parametrize("kwargs, message", [({"passages": 0}, "passages must be an integer of at least 1, got 0"),
+                                             ({"batch_size": 0}, "batch_size must be an integer of at least 1"),
+                                             ({"top_k": "2"}, "top_k must be an integer of at least 1, got '2'"),
+                                             ({"chunk": None}, "chunk must be an integer of at least 1, got None")])
+def test_ask_file_refuses_wrong_counts_before_writing(index, tmp_path, kwargs, message):
+    """Before: passages=0 or batch_size=0 was refused only after the output and its log were created, and a string
+    or None was a TypeError."""
+    from spanqa.errors import SpanqaError
+
+    inp = tmp_path / "q.jsonl"
+    inp.write_text(json.dumps({"id": 1, "question": QUESTIONS[0]}) + "\n")
+    with pytest.raises(SpanqaError, match=message):
+        index.ask_file(inp, tmp_path / "out" / "a.jsonl", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- files and the command line -------------------------------------------------------------------------------
 def test_ask_file_streams_and_resumes(index, tmp_path):
     inp, out = tmp_path / "q.jsonl", tmp_path / "a.jsonl"

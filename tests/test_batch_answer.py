@@ -62,6 +62,20 @@ def test_answers_every_line_in_chunks_with_bounded_batches(tmp_path, tiny_reader
     assert all(1 <= len(r["answers"]) <= 2 for r in rows)
 
 
+@pytest.mark.parametrize("kwargs, message", [({"top_k": "2"}, "top_k must be an integer of at least 1, got '2'"),
+                                             ({"chunk": None}, "chunk must be an integer of at least 1, got None"),
+                                             ({"batch_size": 0}, "batch_size must be an integer of at least 1"),
+                                             ({"top_k": 2.0}, "top_k must be an integer of at least 1, got 2.0")])
+def test_wrong_counts_are_named_before_any_file_is_written(tmp_path, tiny_reader, kwargs, message):
+    """Before: a string or None was a TypeError from a comparison, and the message named no argument."""
+    from spanqa.errors import DataError
+
+    inp = write_questions(tmp_path / "q.jsonl", 2)
+    with pytest.raises(DataError, match=message):
+        answer_file(tiny_reader, inp, tmp_path / "a.jsonl", progress=False, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
 def test_rerun_skips_answered_ids_and_recovers_a_partial_last_line(tmp_path, tiny_model_dir, capsys):
     inp, out = write_questions(tmp_path / "q.jsonl", 12), tmp_path / "a.jsonl"
     assert run_cli("--model", str(tiny_model_dir), "--input", str(inp), "--output", str(out), "--chunk", "4") == 0

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spanqa.batch_answer import AnswerFileStats, stream_file
+from spanqa.batch_answer import AnswerFileStats, check_counts, stream_file
 from spanqa.collection import Collection, Passage
 from spanqa.config import AskConfig
 from spanqa.decoding import SpanCandidate
@@ -203,6 +203,8 @@ class Index(Collection):
                  progress: bool = True) -> AnswerFileStats:
         """Answer every `{"id", "question"}` line of a JSONL file into another (`{"id", "answers", "no_answer",
         "passages_read"}` lines): streaming, and resumable like `answer_file`."""
+        check_counts(passages=passages, top_k=top_k, chunk=chunk, batch_size=batch_size)
+
         def answer(records: list[tuple]) -> list[AskResult]:
             return self.ask_many([r[1] for r in records], passages, top_k, batch_size=batch_size)
 

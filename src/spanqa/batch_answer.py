@@ -285,6 +285,14 @@ def _write_chunk(out, log, ids: list, prints: list[str], preds: list, top_k: int
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
+def check_counts(**counts) -> None:
+    """Refuse, by name, a count that is not an integer of at least 1: before any file is opened, so that a wrong
+    type is not a TypeError from a comparison and a zero does not leave an empty output behind."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DataError(f"{name} must be an integer of at least 1, got {v!r}")
+
+
 @dataclass
 class Plan:
     """What `plan` found before any work: the checked paths, the answers already written, the lines to skip."""
@@ -317,8 +325,7 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
              progress: bool = True) -> AnswerFileStats:
     """Answer what `p` left to do, `chunk` records at a time (`answer` turns records into results with
     `to_dict(top_k)`), each chunk's fingerprints and answers on disk before the next."""
-    if chunk < 1 or top_k < 1:
-        raise DataError("chunk, batch_size and top_k must be at least 1")
+    check_counts(chunk=chunk, top_k=top_k)
     from tqdm.auto import tqdm
 
     stats = p.stats
@@ -351,8 +358,7 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
 def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
         progress: bool = True) -> AnswerFileStats:
     """`run_plan` with the reader answering (question, context) records."""
-    if batch_size < 1:
-        raise DataError("chunk, batch_size and top_k must be at least 1")
+    check_counts(batch_size=batch_size)
 
     def answer(records: list[Record]) -> list:
         return reader.predict([r[1] for r in records], [r[2] for r in records], top_k=top_k, batch_size=batch_size)
@@ -373,7 +379,6 @@ def answer_file(reader: Reader, input_path: str | os.PathLike, output_path: str 
                 chunk: int = 512, batch_size: int = 32, skip_invalid: bool = False, progress: bool = True,
                 max_line_bytes: int = MAX_CONTEXT_BYTES) -> AnswerFileStats:
     """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
-    if chunk < 1 or batch_size < 1 or top_k < 1:
-        raise DataError("chunk, batch_size and top_k must be at least 1")
+    check_counts(top_k=top_k, chunk=chunk, batch_size=batch_size)
     return run(reader, plan(input_path, output_path, skip_invalid, max_line_bytes), top_k, chunk, batch_size,
                progress)
