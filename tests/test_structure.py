@@ -168,6 +168,7 @@ def test_cli_flags_build_the_same_config_as_the_api():
     (lambda: TrainConfig.from_flat(max_steps=0), "max_steps"),
     (lambda: TrainConfig.from_flat(lr=-1.0), "lr"),
     (lambda: ServeConfig(max_batch=0), "max_batch"),
+    (lambda: ServeConfig(max_batch=100, max_queue_items=50), "max_queue_items"),  # was a 503 "busy" for ever
     (lambda: ServerSettings(port=65536), "port"),
     (lambda: AnswerConfig(top_k=0), "top_k"),
 ])

@@ -392,6 +392,9 @@ class ServeConfig:
         at_least(self, "max_body_bytes max_question_chars max_context_chars max_batch max_top_k max_batch_items "
                        "max_queue_items predict_batch_size", 1)
         at_least(self, "batch_wait_ms", 0)
+        if self.max_queue_items < self.max_batch:  # the server would answer every full request "busy" forever
+            raise SettingError("max_queue_items", f"must be at least max_batch ({self.max_batch}), the items one "
+                                                  f"request may hold, got {self.max_queue_items}")
 
 
 @dataclass(frozen=True)
