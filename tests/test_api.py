@@ -181,6 +181,15 @@ def test_bad_input_gets_a_clear_json_error(client, body, status, code):
     assert post(client, {"question": Q, "context": CONTEXT}).status_code == 200  # and the server still answers
 
 
+@pytest.mark.parametrize("key, shown", [("a\nb", '"a\\nb": Extra inputs'),
+                                        ("k" * 100_000, '"' + "k" * 60 + '"...: Extra')])
+def test_an_unknown_key_is_shown_on_one_short_line(client, key, shown):
+    """Before: the key came back verbatim, a line break and all, or all 100,000 characters of it."""
+    r = post(client, {"question": "q", "context": "c", key: 1})
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 422 and msg.startswith(shown) and "\n" not in msg and len(msg) < 200
+
+
 def test_bad_item_in_a_list_is_named(client):
     r = post(client, [{"question": "q", "context": "c"}, {"question": "q", "context": 3}])
     assert r.json()["error"]["message"].startswith("[1].context:")

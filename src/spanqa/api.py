@@ -152,6 +152,14 @@ def _check_text(where: str, name: str, value: str, limit: int) -> None:
         raise ApiError(422, code, f"{where}{e}") from None
 
 
+def _shown(name: str, limit: int = 60) -> str:
+    """A field name as an error message shows it: an unknown key is the client's text, which may hold line breaks
+    or run to the body limit; such a key is shown JSON-escaped and cut, so the message stays one short line."""
+    if name.isprintable() and len(name) <= limit:
+        return name
+    return json.dumps(name[:limit]) + ("..." if len(name) > limit else "")
+
+
 def validate_payload(payload, cfg: ServeConfig, model: type[BaseModel] = AnswerRequest) -> tuple[list, bool]:
     """Checked items and whether the body was a single object (answered with an object, not a list)."""
     single = isinstance(payload, dict)
@@ -176,7 +184,7 @@ def validate_payload(payload, cfg: ServeConfig, model: type[BaseModel] = AnswerR
             item = model.model_validate(raw)
         except ValidationError as e:
             err = e.errors()[0]
-            field_name = ".".join(str(p) for p in err["loc"]) or "body"
+            field_name = _shown(".".join(str(p) for p in err["loc"]) or "body")
             raise ApiError(422, "invalid_field", f"{where}{field_name}: {err['msg']}") from None
         _check_text(where, "question", item.question, cfg.max_question_chars)
         if isinstance(item, AskRequest) and item.passages is None:
