@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
 from dataclasses import replace
@@ -213,6 +214,9 @@ def test_body_size_limit_declared_and_streamed(tiny_reader):
 def test_wrong_content_type_method_and_path(client):
     r = post(client, {"question": Q, "context": CONTEXT}, headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = post(client, gzip.compress(json.dumps({"question": Q, "context": CONTEXT}).encode()),
+             headers={**JSON, "content-encoding": "gzip"})  # was a 400 "request body is not UTF-8 text"
+    assert r.status_code == 415 and r.json()["error"]["message"].startswith("Content-Encoding gzip is not supported")
     r = client.get("/v1/answer")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = client.get("/nope")

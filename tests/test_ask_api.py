@@ -70,6 +70,18 @@ def test_bad_requests_get_the_answer_endpoints_errors(client, body, status, code
     assert r.status_code == status and r.json()["error"]["code"] == code
 
 
+def test_a_compressed_or_non_json_body_is_a_415(client):
+    import gzip
+    import json
+
+    body = json.dumps({"question": "Who wrote it?"}).encode()
+    r = client.post("/v1/ask", content=gzip.compress(body),
+                    headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding gzip" in r.json()["error"]["message"]
+    r = client.post("/v1/ask", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+
+
 def test_no_question_shares_a_word_means_no_answer(client):
     assert client.post("/v1/ask", json={"question": "qwertyuiop?"}).json() == {
         "answers": [], "no_answer": True, "passages_read": 0}

@@ -131,6 +131,18 @@ def _too_large(size: str, limit: int, close: bool = False) -> ApiError:
                     {"Connection": "close"} if close else None)
 
 
+def check_media_type(request) -> None:
+    """415 unless the body is plain JSON: a compressed body (Content-Encoding) would otherwise be refused as "not
+    UTF-8 text", which tells the client nothing about what to change."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Encoding {encoding[:40]} is not supported; send the JSON body uncompressed")
+
+
 def parse_json(raw: bytes):
     if not raw.strip():
         raise ApiError(400, "malformed_json", "request body is empty; send a JSON object or a list of them")
@@ -444,9 +456,7 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
     async def answer(request: Request):
         """Answer one question (object in, object out) or several (list in, list out), in the CLI's JSON form."""
         raw = await read_body(request, cfg.max_body_bytes)  # first: every answer goes out after the body is read
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        check_media_type(request)
         items, single = validate_payload(parse_json(raw), cfg)
         results = await batcher.submit(items)
         return JSONResponse(results[0] if single else results)
@@ -517,9 +527,7 @@ def _add_ask_route(app, asker: AskBatcher | None, cfg: ServeConfig) -> None:
         out), in `spanqa ask --json`'s form."""
         if asker is None:
             raise ApiError(404, "no_index", "this server has no collection; start it with `spanqa serve --index DIR`")
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        check_media_type(request)
         items, single = validate_payload(parse_json(await read_body(request, cfg.max_body_bytes)), cfg, AskRequest)
         results = await asker.submit(items)
         return JSONResponse(results[0] if single else results)
