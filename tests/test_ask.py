@@ -176,6 +176,9 @@ def test_ask_file_streams_and_resumes(index, tmp_path):
     again = index.ask_file(inp, out, passages=3, top_k=2, chunk=4, progress=False)
     assert again.recovered_partial_line and again.already_done + again.answered == 15
     assert out.read_text(encoding="utf-8") == full  # the same bytes as an uninterrupted run
+    bom = tmp_path / "bom.jsonl"  # a Windows tool's BOM first: read as the same questions
+    bom.write_bytes(b"\xef\xbb\xbf" + inp.read_bytes())
+    assert index.ask_file(bom, tmp_path / "b.jsonl", passages=3, top_k=2, chunk=4, progress=False).answered == 15
 
 
 def test_cli_index_then_ask(folder, tmp_path, tiny_model_dir, capsys):

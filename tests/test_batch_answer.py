@@ -76,6 +76,16 @@ def test_wrong_counts_are_named_before_any_file_is_written(tmp_path, tiny_reader
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
 
 
+def test_an_input_with_a_utf8_bom_is_read(tmp_path, tiny_reader):
+    """Before: line 1 was refused as 'not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) ...)'."""
+    plain = write_questions(tmp_path / "q.jsonl", 3)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert answer_file(tiny_reader, bom, tmp_path / "a.jsonl", progress=False).answered == 3
+    answer_file(tiny_reader, plain, tmp_path / "b.jsonl", progress=False)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
 def test_rerun_skips_answered_ids_and_recovers_a_partial_last_line(tmp_path, tiny_model_dir, capsys):
     inp, out = write_questions(tmp_path / "q.jsonl", 12), tmp_path / "a.jsonl"
     assert run_cli("--model", str(tiny_model_dir), "--input", str(inp), "--output", str(out), "--chunk", "4") == 0

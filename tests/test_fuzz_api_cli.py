@@ -140,7 +140,7 @@ def test_cli_batch_answering_of_wild_lines(tiny_reader, budget):
             by_id = {}  # the context of the first VALID record of each id
             for raw in inp.read_text(encoding="utf-8", errors="surrogatepass").split("\n"):
                 try:
-                    rec = json.loads(raw)
+                    rec = json.loads(raw.removeprefix("\ufeff"))  # a leading BOM is not part of the JSON
                 except ValueError:
                     continue
                 if valid(rec):

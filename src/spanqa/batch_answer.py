@@ -75,7 +75,7 @@ def fingerprint(*texts: str) -> str:
 def parse_line(raw: bytes, fields: tuple[str, ...] = FIELDS) -> Record | None:
     """One input line -> (id, *fields); None for a blank line; Invalid names the bad field."""
     try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8").removeprefix("\ufeff")  # the BOM Windows tools write first: not part of the JSON
     except UnicodeDecodeError as e:
         raise Invalid("line", f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not line.strip():
