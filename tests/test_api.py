@@ -33,6 +33,12 @@ def post(client, body, headers=JSON):
     return client.post("/v1/answer", content=raw, headers=headers)
 
 
+def test_healthz_and_the_page_answer_head_too(client):
+    for path in ("/healthz", "/"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+
+
 def test_healthz_reports_model_and_limits(client):
     r = client.get("/healthz")
     assert r.status_code == 200

@@ -105,3 +105,19 @@ def test_a_body_declared_beyond_the_drain_bound_is_refused_at_once(port):
         assert f"{DRAIN_BYTES + 1} bytes" in err["message"] and resp.getheader("connection") == "close"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain"])
+def test_ask_reads_the_body_before_any_answer_too(port, ctype):
+    """/v1/ask on a server without a collection: an oversized body still gets the 413 (the size first, as on
+    /v1/answer), and a body that fits its 404, each after the body is read, on a connection that goes on."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/ask", body=_body(20 * 10**6), headers={"Content-Type": ctype})
+            _check_413(conn.getresponse())
+        conn.request("POST", "/v1/ask", body=json.dumps({"question": "Who?"}), headers={"Content-Type": ctype})
+        resp = conn.getresponse()
+        assert resp.status == 404 and json.loads(resp.read())["error"]["code"] == "no_index"
+    finally:
+        conn.close()

@@ -3,7 +3,7 @@
     POST /v1/answer   {"question", "context", "top_k"?, "return_probabilities"?}, or a list of them
     POST /v1/ask      {"question", "passages"?, "top_k"?, "return_probabilities"?}, or a list of them: answers from
                       the collection of `spanqa serve --index DIR` (spanqa.ask), with their sources
-    GET  /healthz     status, model, queue and batching counters
+    GET  /healthz     status, model, queue and batching counters (HEAD too, as for /)
     GET  /            the web page (question, context, answer, n-best, the begin/end chart)
     GET  /docs        OpenAPI docs (served offline), /openapi.json the schema
 
@@ -478,6 +478,9 @@ def create_app(reader, cfg: ServeConfig | None = None, model_name: str = "", eng
     async def index():
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
+    for path, route in (("/healthz", healthz), ("/", index)):  # HEAD for health checkers that probe with `curl -I`
+        app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in assets:
@@ -525,10 +528,11 @@ def _add_ask_route(app, asker: AskBatcher | None, cfg: ServeConfig) -> None:
     async def ask(request: Request):
         """Answer from the server's collection: one question (object in, object out) or several (list in, list
         out), in `spanqa ask --json`'s form."""
+        raw = await read_body(request, cfg.max_body_bytes)  # first, as on /v1/answer: no answer before the body
         if asker is None:
             raise ApiError(404, "no_index", "this server has no collection; start it with `spanqa serve --index DIR`")
         check_media_type(request)
-        items, single = validate_payload(parse_json(await read_body(request, cfg.max_body_bytes)), cfg, AskRequest)
+        items, single = validate_payload(parse_json(raw), cfg, AskRequest)
         results = await asker.submit(items)
         return JSONResponse(results[0] if single else results)
 
