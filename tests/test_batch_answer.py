@@ -199,3 +199,39 @@ def test_an_output_file_that_is_not_ours_is_refused(tmp_path, tiny_model_dir, ca
     assert out.read_text() == "some notes\n"
     assert run_cli("--model", str(tiny_model_dir), "--input", str(inp), "--output", str(inp)) == 2
     assert "would overwrite the input" in capsys.readouterr().err
+
+
+def _kill_states(log: bytes, out: bytes, chunk: int) -> dict[str, tuple[bytes, bytes | None]]:
+    """(log, output) as a kill would leave them at every boundary of a run that wrote `log` and `out` in chunks of
+    `chunk`: each chunk's fingerprints go to the log before its answers go to the output."""
+    head, *prints = log.splitlines(keepends=True)
+    answers = out.splitlines(keepends=True)
+    states = {"log header cut": (head[:7], None), "log header only": (head, None), "both empty": (b"", b"")}
+    for done in [*range(0, len(answers), chunk), len(answers)]:
+        nxt = min(done + chunk, len(answers))
+        logged, written = head + b"".join(prints[:done]), b"".join(answers[:done])
+        states[f"after {done}"] = (logged, written)
+        if done < len(answers):
+            states[f"after {done}, next prints cut"] = (logged + prints[done][:9], written)
+            states[f"after {done}, next prints on disk"] = (head + b"".join(prints[:nxt]), written)
+            states[f"after {done}, next answer cut"] = (head + b"".join(prints[:nxt]), written + answers[done][:11])
+    return states
+
+
+def test_a_kill_at_every_chunk_boundary_resumes_to_the_same_bytes(tmp_path, tiny_reader):
+    """Killed before the first chunk, between a chunk's fingerprints and its answers, mid-line, after the last chunk:
+    the rerun writes exactly what the uninterrupted run wrote, and a third run has nothing left to do."""
+    inp, full = write_questions(tmp_path / "q.jsonl", 7), tmp_path / "full.jsonl"
+    answer_file(tiny_reader, inp, full, chunk=3, progress=False)
+    log = (tmp_path / "full.jsonl.spanqa").read_bytes()
+    states = _kill_states(log, full.read_bytes(), 3)
+    assert len(states) == 3 + 4 + 3 * 3  # 7 questions: chunks end after 0, 3, 6 and 7 answers
+    for name, (log_bytes, out_bytes) in states.items():
+        out = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.jsonl"
+        (tmp_path / (out.name + ".spanqa")).write_bytes(log_bytes)
+        if out_bytes is not None:
+            out.write_bytes(out_bytes)
+        stats = answer_file(tiny_reader, inp, out, chunk=3, progress=False)
+        assert out.read_bytes() == full.read_bytes(), name
+        assert stats.already_done + stats.answered == 7, name
+        assert answer_file(tiny_reader, inp, out, chunk=3, progress=False).answered == 0, name
