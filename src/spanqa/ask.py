@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spanqa.batch_answer import AnswerFileStats, check_counts, stream_file
+from spanqa.batch_answer import AnswerFileStats, stream_file
 from spanqa.collection import Collection, Passage
 from spanqa.config import AskConfig
 from spanqa.decoding import SpanCandidate
@@ -56,7 +56,7 @@ from spanqa.errors import ConfigError
 from spanqa.metric import normalize_answer
 from spanqa.reader import Prediction, Reader, check_flags
 from spanqa.scoring import TokenProbs
-from spanqa.validation import Invalid, check_text
+from spanqa.validation import Invalid, check_counts, check_text
 
 __all__ = ["AskResult", "CollectionAnswer", "Index", "says_no_answer"]
 
@@ -228,6 +228,5 @@ def _per_question(value, n: int, name: str) -> list:
     if len(values) != n:
         raise ConfigError(f"{name}: {len(values)} values for {n} questions")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
+        check_counts(ConfigError, **{name: v})
     return values

@@ -39,7 +39,7 @@ from pathlib import Path
 from spanqa.config import MAX_CONTEXT_BYTES
 from spanqa.errors import DataError
 from spanqa.reader import Reader
-from spanqa.validation import Invalid, check_file, check_output, check_text, json_error
+from spanqa.validation import Invalid, check_counts, check_file, check_output, check_text, json_error
 
 
 @dataclass
@@ -285,14 +285,6 @@ def _write_chunk(out, log, ids: list, prints: list[str], preds: list, top_k: int
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
-def check_counts(**counts) -> None:
-    """Refuse, by name, a count that is not an integer of at least 1: before any file is opened, so that a wrong
-    type is not a TypeError from a comparison and a zero does not leave an empty output behind."""
-    for name, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise DataError(f"{name} must be an integer of at least 1, got {v!r}")
-
-
 @dataclass
 class Plan:
     """What `plan` found before any work: the checked paths, the answers already written, the lines to skip."""

@@ -25,7 +25,7 @@ from spanqa.default_model import default_model_dir, resolve_base
 from spanqa.errors import ConfigError, ModelError
 from spanqa.formatting import Window, check_settings, iter_windows, pair_template
 from spanqa.scoring import PassSettings, ScoredWindow, TokenProbs, score_windows
-from spanqa.validation import Invalid, check_text
+from spanqa.validation import Invalid, check_counts, check_text
 
 if TYPE_CHECKING:  # a reader started from a cached ONNX graph never imports torch (see Reader.load)
     import torch
@@ -131,9 +131,7 @@ def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: in
                 raise ConfigError(str(e)) from None
     if len(questions) != len(contexts):
         raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
-    for name, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be an integer of at least 1, got {v!r}")
+    check_counts(ConfigError, **counts)
 
 
 def check_flags(value: bool | Sequence[bool], n: int, name: str = "probabilities") -> list[bool]:

@@ -77,6 +77,14 @@ def check_int(value: Any, name: str) -> int:
     return value
 
 
+def check_counts(error: type[Exception] = DataError, **counts: Any) -> None:
+    """Refuse, by name, a count (top_k, batch_size, chunk, passages) that is not an integer of at least 1: a wrong
+    type would otherwise be a TypeError from a comparison, far from the call that passed it."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise error(f"{name} must be an integer of at least 1, got {value!r}")
+
+
 def json_error(e, line: bool = True) -> str:
     """A json.JSONDecodeError in words: 'Unterminated string starting at line 1, column 46' (its message may end in
     'at' already); `line=False` for the one line of a JSONL record: '... at column 46'."""
