@@ -241,8 +241,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise SpanqaError(f"--out {out} already exists; choose a new directory")
-    check_output(out, "--out", inputs=[check_file(args.data)], directory=True)  # refused before the work, not after
-    out.rmdir()  # copytree makes it again, with the model
+    check_output(out, "--out", inputs=[check_file(args.data)])  # its parents, before the work; copytree makes it
     if src.is_dir() and not (src / SPANQA_JSON).exists():
         raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train first")
     data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
