@@ -240,8 +240,12 @@ def bad_sources(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": ""}\n')
     (tmp_path / "dup.jsonl").write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\n')
     (tmp_path / "notsquad.json").write_text('[1, 2]')
+    (tmp_path / "loop.txt").symlink_to(tmp_path / "loop.txt")
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "gone.txt")
     return {
         "missing.txt": "missing.txt: source not found",
+        "loop.txt": "loop.txt: source not found (a symbolic link to nothing, or a loop of links)",
+        "dangling.txt": "dangling.txt: source not found (a symbolic link to nothing, or a loop of links)",
         "empty.txt": "empty.txt: no text to index",
         "latin1.txt": "latin1.txt: not UTF-8 text",
         "broken.pdf": "broken.pdf: cannot read the PDF",

@@ -78,7 +78,8 @@ def find_sources(sources: list[str | os.PathLike], index: Path | None = None) ->
     for src in sources:
         path = Path(src)
         if not path.exists():
-            raise DataError(f"{path}: source not found")
+            link = " (a symbolic link to nothing, or a loop of links)" if path.is_symlink() else ""
+            raise DataError(f"{path}: source not found{link}")
         if skip is not None and path.resolve().is_relative_to(skip):
             where = "the index folder" if path.resolve() == skip else f"in the index folder {index}"
             raise DataError(f"{path}: is {where} (--out); name the documents, not the index")
