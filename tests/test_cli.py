@@ -128,3 +128,20 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tiny_model_di
     assert proc.stderr.strip().splitlines() == [f"spanqa: error: --host 127.0.0.1 --port {port}: cannot listen "
                                                "there (Address already in use); choose another --port (or --host)"]
     assert seconds < 5  # refused before torch and the model load (about 4 s more here)
+
+
+def test_serve_skips_an_address_this_machine_lacks_as_uvicorn_does(monkeypatch):
+    """`localhost` may resolve to ::1 on a machine with IPv6 turned off: asyncio skips such an address, so the
+    check does too, and refuses only when no address can be bound."""
+    import socket
+
+    from spanqa.errors import SpanqaError
+    from spanqa.serving import check_listen
+
+    lacking = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.255.255.1", 0))  # no interface has it
+    here = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [lacking, here])
+    check_listen("localhost", 0)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [lacking])
+    with pytest.raises(SpanqaError, match="cannot listen there"):
+        check_listen("localhost", 0)

@@ -28,14 +28,24 @@ def limit_heap_growth(threshold: int = 128 * 1024) -> bool:
 def check_listen(host: str, port: int) -> None:
     """Bind and release the address uvicorn will listen on (with its SO_REUSEADDR), so that a port in use or a host
     this machine does not have is one line before the model loads, not uvicorn's log line after it."""
+    import errno
     import socket
 
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
+        bound, skipped = 0, None
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE):  # every one, as asyncio
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(addr)
+                    bound += 1
+                except OSError as e:  # an address family this machine has turned off is skipped, as asyncio does
+                    if e.errno != errno.EADDRNOTAVAIL:
+                        raise
+                    skipped = e
+        if not bound:
+            raise skipped or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
     except OSError as e:  # socket.gaierror too
         raise SpanqaError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
                           "choose another --port (or --host)") from None
