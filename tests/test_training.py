@@ -227,3 +227,21 @@ def test_nan_is_refused_by_the_api_too():
 
     with pytest.raises(SettingError, match="bm25_weight must be a finite number, got nan"):
         AskConfig(bm25_weight=float("nan"))
+
+
+def test_out_equal_to_base_is_refused_before_any_work(tmp_path, tokenizer, capsys):
+    """--out naming the --base directory (however spelled) wrote the trained weights, config and heads over the base
+    the run started from: the encoder it came from was lost, and a kill during the save left neither model whole."""
+    from tinytrain import make_base, write_train_jsonl
+
+    from spanqa.cli import main
+
+    base = make_base(tmp_path / "base", tokenizer, dropout=0.0)
+    data = write_train_jsonl(tmp_path / "train.jsonl", 4)
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    for out in (base, tmp_path / "x" / ".." / "base"):
+        assert main(["train", "--base", str(base), "--train", str(data), "--out", str(out), "--max-steps", "1",
+                     "--no-progress", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"spanqa: error: --out {out}: is the input") and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before

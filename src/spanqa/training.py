@@ -196,8 +196,10 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
         cfg = replace(cfg, base=base_model_path())
     resolve_device(cfg.device)  # checked before any work, like --out
-    out = check_output(cfg.out, "--out", inputs=(cfg.train, cfg.dev, cfg.distill.teacher or None), directory=True,
-                       writes=WRITES)
+    # the base is an input too: training into it would write the new weights over the ones it started from
+    base = None if cfg.base == "default" else cfg.base
+    out = check_output(cfg.out, "--out", inputs=(cfg.train, cfg.dev, cfg.distill.teacher or None, base),
+                       directory=True, writes=WRITES)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env, device = distributed.init(cfg.device)
