@@ -106,3 +106,25 @@ def test_device_selection():
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_a_model_without_its_tokenizer_json_is_refused_not_read_as_unknown_words(tiny_reader, tmp_path):
+    """A saved reader, a training checkpoint, a base encoder or a HF export missing tokenizer.json loaded, without a
+    word, a tokenizer of the 5 special tokens alone: every word became [UNK], and `train --resume` went on training
+    (and saved) a model that could read nothing."""
+    from spanqa.hf import export_hf
+
+    tiny_reader.save(tmp_path / "saved")
+    tiny_reader.model.encoder.save_pretrained(str(tmp_path / "base"))
+    tiny_reader.tokenizer.save_pretrained(str(tmp_path / "base"))
+    export_hf(tiny_reader, tmp_path / "hf")
+    for name in ("saved", "base", "hf"):
+        (tmp_path / name / "tokenizer.json").unlink()
+        assert not (tmp_path / name / "vocab.txt").exists()
+    with pytest.raises(ModelError, match=r"saved: the tokenizer has no vocabulary beyond its 5 special tokens "
+                                         r"\(tokenizer.json, or vocab.txt, is missing\)"):
+        Reader.load(tmp_path / "saved", engine="torch")
+    with pytest.raises(ModelError, match="base: the tokenizer has no vocabulary"):
+        Reader.from_base(str(tmp_path / "base"))
+    with pytest.raises(ModelError, match="hf: the tokenizer has no vocabulary"):
+        Reader.load(tmp_path / "hf", engine="torch")

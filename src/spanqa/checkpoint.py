@@ -129,12 +129,10 @@ def load(path: str | os.PathLike | None = None) -> tuple[SpanModel, object, Read
         raise ModelError(f"{path}: not a spanqa model ({SPANQA_JSON} is missing)")
     raw, config = read_meta(path)
     try:
-        from transformers import AutoTokenizer
-
-        from spanqa.model import SpanModel
+        from spanqa.model import SpanModel, load_tokenizer
 
         encoder = _encoder(path, raw)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, raw))
+        tokenizer = load_tokenizer(tokenizer_source(path, raw))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
     heads = load_tensors(path / HEADS_FILE)

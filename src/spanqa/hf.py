@@ -21,7 +21,7 @@ import torch
 
 from spanqa.config import HeadConfig, ReaderConfig
 from spanqa.errors import ModelError
-from spanqa.model import SpanModel, quiet_transformers
+from spanqa.model import SpanModel, load_tokenizer, quiet_transformers
 from spanqa.validation import umask_mode
 
 CONFIG_KEY = "spanqa"
@@ -77,13 +77,13 @@ def is_hf_qa_dir(path: Path) -> bool:
 def load_hf_qa(path: str | Path):
     """(SpanModel, tokenizer, ReaderConfig) from a QA checkpoint: its encoder, and qa_outputs split in two."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     path = Path(path)
     try:
         with quiet_transformers():
             qa = AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = load_tokenizer(str(path))
     except SafetensorError as e:
         raise ModelError(f"{path / 'model.safetensors'}: damaged or not a safetensors file "
                          f"({str(e).splitlines()[0]})") from None

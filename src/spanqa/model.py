@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from spanqa.config import HeadConfig
+from spanqa.errors import ModelError
 
 __all__ = ["BeginHead", "EndHead", "HeadConfig", "SpanModel", "encoder_from_config", "load_encoder"]
 
@@ -119,6 +120,18 @@ def load_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Modu
         kwargs["dtype"] = dtype
     with quiet_transformers():
         return without_pooler(AutoModel.from_pretrained, name_or_path, **kwargs)
+
+
+def load_tokenizer(name_or_path: str):
+    """AutoTokenizer, refusing one with no vocabulary: a directory without its tokenizer.json (or vocab.txt) loads,
+    without a word, as a tokenizer of its special tokens alone, which reads every word as [UNK]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelError(f"{name_or_path}: the tokenizer has no vocabulary beyond its {len(tokenizer)} special "
+                         "tokens (tokenizer.json, or vocab.txt, is missing)")
+    return tokenizer
 
 
 def encoder_from_config(config, **kwargs) -> nn.Module:

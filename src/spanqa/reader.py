@@ -221,15 +221,13 @@ class Reader:
     def from_base(cls, base: str, config: ReaderConfig = ReaderConfig(), device: str | None = None) -> Reader:
         """A new reader with fresh heads on a pretrained encoder (local directory, hub id, or `package:NAME`, a
         packaged base: spanqa.default_model.resolve_base)."""
-        from transformers import AutoTokenizer
-
-        from spanqa.model import SpanModel, load_encoder
+        from spanqa.model import SpanModel, load_encoder, load_tokenizer
 
         resolve_device(device)
         path = resolve_base(base)
         try:
             encoder = load_encoder(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = load_tokenizer(path)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load base encoder {base!r}: {str(e).splitlines()[0]}") from None
         return cls(SpanModel(encoder, config.head), tokenizer, replace(config, base=base), device)
