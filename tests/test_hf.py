@@ -81,3 +81,23 @@ def test_non_qa_directory_is_not_a_model(tiny_reader, tmp_path):
     tiny_reader.model.encoder.save_pretrained(tmp_path)  # an encoder, not a QA model
     with pytest.raises(ModelError, match="not a spanqa model"):
         Reader.load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "onnx"])
+def test_export_into_a_folder_that_holds_files_is_refused(tiny_reader, tiny_model_dir, tmp_path, capsys, fmt):
+    """Exported into another saved reader's folder, the export replaced its config.json and model.safetensors and
+    kept its heads and spanqa.json: a folder that loaded, without a word, as one model's encoder under another's
+    heads. An empty folder (one a refused export left) is still fine."""
+    from spanqa.cli import main
+
+    other = tmp_path / "other"
+    tiny_reader.save(other)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    assert main(["export", "--model", str(tiny_model_dir), "--format", fmt, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spanqa: error: --out {other}: already holds files (config.json, heads.safetensors, "
+                          "model.safetensors, spanqa.json and ")
+    assert err.endswith("more); export into a new or empty directory\n") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    (tmp_path / "empty").mkdir()
+    assert main(["export", "--model", str(tiny_model_dir), "--format", fmt, "--out", str(tmp_path / "empty")]) == 0

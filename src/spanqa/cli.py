@@ -336,6 +336,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and args.format != "onnx":
         raise SpanqaError("--int8 applies to --format onnx only")
     check_output(args.out, "--out", inputs=[args.model or default_model_dir()], directory=True)
+    # into a folder that holds files (another model's), the export would replace some and leave the rest: a directory
+    # that loads as a mix of two models
+    held = sorted(p.name for p in Path(args.out).iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise SpanqaError(f"--out {args.out}: already holds files ({shown}); export into a new or empty directory")
     reader = Reader.load(args.model, device="cpu", engine="torch")
     if args.format == "hf":
         from spanqa.hf import export_hf
