@@ -136,3 +136,22 @@ def test_resume_with_other_data_settings_is_a_clear_error(setup, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("spanqa: error:") and "--batch-size 4" in err and len(err.splitlines()) == 1
     assert main([*flags, "--out", str(out), "--max-steps", "4"]) == 2  # no --resume: refuses to overwrite
+
+
+def test_resume_on_other_training_data_is_a_clear_error(setup, capsys):
+    """--resume with another --train file went on as if nothing changed: other windows under the saved position in
+    the epoch, and the saved recipe named a file the model never saw (with a smaller file the run 'finished' at once,
+    its summary counting the new file's questions). The same questions under another name still resume."""
+    import shutil
+
+    d, flags = setup
+    out, other = d / "otherdata", write_train_jsonl(d / "other.jsonl", 5, seed=7)
+    assert main([*flags, "--out", str(out), "--max-steps", "2"]) == 0
+    at = flags.index("--train") + 1
+    capsys.readouterr()
+    assert main([*flags[:at], str(other), *flags[at + 1 :], "--out", str(out), "--resume", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spanqa: error: {out / CHECKPOINT}: the checkpoint was trained on other data (--train "
+                          f"{flags[at]}) than the 5 questions of --train {other}") and err.count("\n") == 1, err
+    renamed = shutil.copy(flags[at], d / "renamed.jsonl")
+    assert main([*flags[:at], str(renamed), *flags[at + 1 :], "--out", str(out), "--resume", "--max-steps", "4"]) == 0

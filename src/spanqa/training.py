@@ -20,6 +20,7 @@ Reading order: `train` (the driver), then `prepare`, `train_step`, `maybe_evalua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -210,6 +211,9 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     examples = sample(data.examples, cfg.max_examples, cfg.seed)
 
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
+    data_sha = examples_fingerprint(examples)
+    if ckpt is not None:
+        check_same_data(ckpt, saved.get("config", {}), cfg, data_sha, len(examples))
     freeze(reader.model, cfg)
     attention_dropout = set_attention_dropout(reader.model, cfg.attention_dropout, torch.device(reader.device))
     attention.use_cheap_dropout(reader.model.encoder)
@@ -222,6 +226,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     t_teach = time.perf_counter() - t_teach
 
     recipe = {k: v for k, v in cfg.flat().items() if k not in ("resume", "progress")}
+    recipe["train_sha256"] = data_sha  # what --train held, so a resume continues on the very same questions
     recipe["attention_dropout"] = attention_dropout  # what ran (the CPU default is 0), so a re-run anywhere repeats it
     state = TrainState(**saved)
     state.total_steps, state.world_size, state.config = planned_steps(len(windows), cfg), env.world, recipe
@@ -443,6 +448,24 @@ def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
             flag = "--" + k.replace("_", "-")
             raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
                               f"{now[k]}; resume with the same data settings, or choose another --out")
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    """A sha256 of the questions a run trains on (ids, texts, answers), however their file is named or spelled."""
+    h = hashlib.sha256()
+    for e in examples:
+        answers = [(a.start, a.end) for a in e.answers]
+        h.update(json.dumps([e.id, e.question, e.context, answers, e.is_impossible]).encode())  # ASCII: escapes
+    return h.hexdigest()
+
+
+def check_same_data(ckpt: Path, saved: dict, cfg: TrainConfig, data_sha: str, n: int) -> None:
+    """A checkpoint continues only the questions it was trained on: other data changes the windows and the order, and
+    the saved recipe would name a file the model never saw. A checkpoint older than the fingerprint is not checked."""
+    if saved.get("train_sha256", data_sha) != data_sha:
+        raise ConfigError(f"{ckpt}: the checkpoint was trained on other data (--train {saved.get('train')}) than "
+                          f"the {n} questions of --train {cfg.train}; resume with the same training data, or choose "
+                          "another --out")
 
 
 def teacher_targets(cfg: TrainConfig, out: Path, examples: list[Example], ckpt: Path | None, env: DistEnv,
