@@ -128,3 +128,30 @@ def test_a_model_without_its_tokenizer_json_is_refused_not_read_as_unknown_words
         Reader.from_base(str(tmp_path / "base"))
     with pytest.raises(ModelError, match="hf: the tokenizer has no vocabulary"):
         Reader.load(tmp_path / "hf", engine="torch")
+
+
+def test_a_save_killed_halfway_over_an_earlier_model_is_refused_not_loaded_as_a_mix(tiny_reader, tmp_path,
+                                                                                     monkeypatch):
+    """`train` saves the finished model into --out, which may hold the model of the run it extends. Killed after the
+    new encoder and before the new heads, that folder loaded the new encoder under the old heads without a word."""
+    import safetensors.torch
+
+    tiny_reader.save(tmp_path / "m")
+    with torch.no_grad():
+        for p in tiny_reader.model.parameters():
+            p.add_(0.5)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed)  # the heads' file: written after the encoder's
+    with pytest.raises(KeyboardInterrupt):
+        tiny_reader.save(tmp_path / "m")
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match="spanqa.json is missing"):
+        Reader.load(tmp_path / "m", engine="torch")
+    tiny_reader.save(tmp_path / "m")  # saved again whole: it loads, with the new weights
+    again = Reader.load(tmp_path / "m", engine="torch")
+    assert all(torch.equal(a, b) for a, b in zip(again.model.parameters(), tiny_reader.model.parameters(),
+                                                 strict=True))
+    assert not list((tmp_path / "m").glob(".*.tmp"))

@@ -42,19 +42,24 @@ def head_state(model: SpanModel) -> dict[str, torch.Tensor]:
 
 
 def save(model: SpanModel, tokenizer, config: ReaderConfig, path: str | os.PathLike) -> None:
-    """Write the spanqa format."""
+    """Write the spanqa format. spanqa.json goes first out and last in (renamed into place): a save killed halfway,
+    over an earlier model in the same folder, leaves a folder that is refused as incomplete, never one that loads the
+    new encoder under the old heads."""
     from safetensors.torch import save_file
 
     from spanqa.model import quiet_transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / SPANQA_JSON).unlink(missing_ok=True)
     with quiet_transformers():
         model.encoder.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
     save_file(head_state(model), str(path / HEADS_FILE))
-    (path / SPANQA_JSON).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     umask_mode(path.glob("*.safetensors"))
+    tmp = path / f".{SPANQA_JSON}.tmp"
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path / SPANQA_JSON)
 
 
 def load_tensors(file: Path) -> dict[str, torch.Tensor]:
