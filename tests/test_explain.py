@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 
+import numpy as np
 import pytest
 
 from spanqa.cli import main
@@ -23,6 +24,25 @@ def test_plot_writes_png_and_svg(tiny_reader, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = plot_probabilities(tp, tmp_path / "sub" / "c.svg", Q + " $x$", span=None, answer=None, log_scale=True)
     assert b"<svg" in svg.read_bytes()[:1000]
+
+
+@pytest.mark.parametrize("log_scale", [False, True])
+def test_a_chart_of_a_long_document_is_drawn_in_seconds(tmp_path, log_scale):
+    """120,000 words drew 240,000 bar patches: `explain` had not finished after 120 s. Past BARS_UP_TO tokens the
+    probabilities are drawn as one line collection per head."""
+    import time
+
+    from spanqa.explain import BARS_UP_TO, plot_probabilities
+    from spanqa.scoring import TokenProbs
+
+    n = 100_000
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(n)).tolist()
+    tp = TokenProbs(text=["w"] * n, start=list(range(0, 2 * n, 2)), end=list(range(1, 2 * n, 2)), p_begin=p, p_end=p)
+    t = time.perf_counter()
+    png = plot_probabilities(tp, tmp_path / "long.png", Q, span=(10, 20), answer="w", log_scale=log_scale)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and n > BARS_UP_TO
+    assert time.perf_counter() - t < 60  # a few seconds here; bars took minutes
 
 
 def test_explain_cli_on_a_saved_model(tiny_model_dir, tmp_path, capsys):

@@ -32,6 +32,9 @@ def token_probabilities(reader, questions: Sequence[str], contexts: Sequence[str
     return [p.probabilities for p in reader.predict(questions, contexts, batch_size=batch_size, probabilities=True)]
 
 
+BARS_UP_TO = 2_000  # tokens drawn as bars; past this, as lines (at the widest chart a pixel holds several tokens)
+
+
 def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span: tuple[int, int] | None = None,
                        answer: str | None = None, log_scale: bool = False) -> Path:
     """Draw P_begin and P_end per context token (tokens on the x axis); shade the tokens of `span` (char offsets).
@@ -56,8 +59,13 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
         inside = [k for k in range(n) if tp.start[k] < span[1] and tp.end[k] > span[0]]
         if inside:
             ax.axvspan(inside[0] - 0.5, inside[-1] + 0.5, color="#ffe08a", alpha=0.6, label="predicted span", lw=0)
-    ax.bar(x - 0.2, tp.p_begin, width=0.4, color="#1f77b4", label="P_begin")
-    ax.bar(x + 0.2, tp.p_end, width=0.4, color="#ff7f0e", label="P_end")
+    if n <= BARS_UP_TO:
+        ax.bar(x - 0.2, tp.p_begin, width=0.4, color="#1f77b4", label="P_begin")
+        ax.bar(x + 0.2, tp.p_end, width=0.4, color="#ff7f0e", label="P_end")
+    else:  # one line collection per head: a bar per token is an artist per token, minutes for a long document
+        low = 1e-6 if log_scale else 0.0
+        ax.vlines(x - 0.2, low, np.maximum(tp.p_begin, low), color="#1f77b4", label="P_begin", lw=0.6)
+        ax.vlines(x + 0.2, low, np.maximum(tp.p_end, low), color="#ff7f0e", label="P_end", lw=0.6)
     step = max(1, -(-n // 600))  # label every token while it stays legible
     ax.set_xticks(x[::step], [t.replace("$", r"\$") for t in tp.text[::step]], rotation=70, ha="right",
                   fontsize=8)
