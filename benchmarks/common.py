@@ -89,6 +89,19 @@ def run_peak_rss(cmd: list[str], env: dict, stderr=None, failed: str = "") -> tu
     return proc.stdout, float(peak_kib)
 
 
+def run_step(cmd: list[str], env: dict | None = None) -> float:
+    """Run one benchmark step to its end, printing its time and the load average at its start; its own peak RSS in
+    MB (through `run_peak_rss`: a worker's own `getrusage(RUSAGE_SELF)` would start at the driver's RSS)."""
+    import subprocess
+    import time
+
+    loadavg = os.getloadavg()[0]
+    t = time.perf_counter()
+    _, peak_kib = run_peak_rss(cmd, os.environ if env is None else env, stderr=subprocess.PIPE)
+    print(f"  done in {time.perf_counter() - t:.0f} s (load average at start {loadavg:.1f})", flush=True)
+    return peak_kib / 1024
+
+
 def write_json(name: str, record: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name

@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import DEV_V11, OUT, TRAIN_V11, linear_twin, run_peak_rss, versions, write_json  # noqa: E402
+from common import DEV_V11, OUT, TRAIN_V11, linear_twin, run_step, versions, write_json  # noqa: E402
 
 from spanqa.ask import Index  # noqa: E402
 from spanqa.metric import evaluate_v1, normalize_answer  # noqa: E402
@@ -148,14 +148,6 @@ def latency(times: list[float]) -> dict:
 
 
 # ---- the anchor: Haystack 2.x in its own venv ----------------------------------------------------------------------
-def run_step(cmd: list[str], env: dict | None = None) -> float:
-    """Run one step to its end; its own peak RSS in MB (through `run_peak_rss`, so not this driver's)."""
-    t = time.perf_counter()
-    _, peak_kib = run_peak_rss(cmd, os.environ if env is None else env, stderr=subprocess.PIPE)
-    print(f"  done in {time.perf_counter() - t:.0f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
-    return peak_kib / 1024
-
-
 def haystack_python() -> Path:
     """The Haystack venv's python; the venv is made, or brought up to HAYSTACK_PINS, when it does not match."""
     python, marker = HAYSTACK_VENV / "bin" / "python", HAYSTACK_VENV / "spanqa-pins.txt"

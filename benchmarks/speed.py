@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import DEV_V11 as DEV  # noqa: E402
-from common import linear_twin, run_peak_rss, versions, write_json  # noqa: E402
+from common import linear_twin, run_peak_rss, run_step, versions, write_json  # noqa: E402
 
 from spanqa.config import ENGINES, TORCH_ENGINES  # noqa: E402
 from spanqa.perf import cpu_info, encoder_matmul_flops, matmul_ceiling  # noqa: E402
@@ -168,16 +168,6 @@ def spanqa_worker(args) -> None:
 
 
 # ---- the driver ------------------------------------------------------------------------------------------------------
-def run_child(cmd: list[str], env: dict) -> float:
-    """Run one step to its end; its own peak RSS in MB (through `run_peak_rss`: a worker's own
-    `getrusage(RUSAGE_SELF)` would start at this driver's RSS, a torch reader's some hundreds of MB)."""
-    loadavg = os.getloadavg()[0]
-    t = time.perf_counter()
-    _, peak_kib = run_peak_rss(cmd, env, stderr=subprocess.PIPE)
-    print(f"  done in {time.perf_counter() - t:.0f} s (load average at start {loadavg:.1f})", flush=True)
-    return peak_kib / 1024
-
-
 def cold_start(engines: list[str], env: dict, rounds: int = 3) -> dict:
     """`spanqa answer` from process start to the printed answer (default model, warm graph cache), and the process's
     peak RSS (os.wait4), the engines alternating in `rounds` so a slow spell of the machine falls on all of them.
@@ -268,7 +258,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "SPANQA_CACHE": os.environ.get("SPANQA_CACHE", str(out / "engine-cache"))}
-    linear, hf_dir = linear_twin(out, env, run_child)
+    linear, hf_dir = linear_twin(out, env, run_step)
     torch.set_num_threads(args.threads)
     reader = Reader.load(linear, engine="torch")
     inputs = write_inputs(args, reader)
@@ -283,7 +273,7 @@ def main() -> None:
     results = []
     print("hf-pipeline (transformers 4.57.6) on", hf_dir, flush=True)
     res = out / "speed_hf-pipeline.json"
-    peak = run_child(worker_cmd(args, None, str(hf_dir), inputs, res, args.pipeline_batch_sizes), env)
+    peak = run_step(worker_cmd(args, None, str(hf_dir), inputs, res, args.pipeline_batch_sizes), env)
     results.append({**json.loads(res.read_text()), "weights": "linear-hf", "model": str(hf_dir), "peak_rss_mb": peak})
     plan = [(e, str(hf_dir), "linear-hf") for e in engines]
     if not args.skip_default_model:
@@ -292,14 +282,14 @@ def main() -> None:
     for engine, model, weights in plan:  # build the ONNX graphs first, so workers measure steady-state memory
         if engine not in TORCH_ENGINES:
             t = time.perf_counter()
-            run_child([sys.executable, "-m", "spanqa", "answer", "--engine", engine, "--question", "Who?",
+            run_step([sys.executable, "-m", "spanqa", "answer", "--engine", engine, "--question", "Who?",
                        "--context", "Jane Austen wrote it.", *([] if model == "default" else ["--model", model])], env)
             first_use[f"{engine} {weights}"] = time.perf_counter() - t
     for engine, model, weights in plan:
         print(f"spanqa {engine} on {weights}", flush=True)
         res = out / f"speed_{engine}_{'default' if model == 'default' else 'linear'}.json"
         sizes = args.batch_sizes if model != "default" else [best_batch(results, engine)]
-        peak = run_child(worker_cmd(args, engine, model, inputs, res, ",".join(map(str, sizes))), env)
+        peak = run_step(worker_cmd(args, engine, model, inputs, res, ",".join(map(str, sizes))), env)
         results.append({**json.loads(res.read_text()), "weights": weights, "peak_rss_mb": peak})
     for r in results:
         score(r, data)
@@ -331,7 +321,7 @@ def rerun(args, results: list[dict], inputs: Path, env: dict, out: Path) -> list
     qps = []
     for r in results:
         res = out / "speed_round.json"
-        run_child(worker_cmd(args, r.get("engine"), r["model"], inputs, res, str(r["batch_size"])), env)
+        run_step(worker_cmd(args, r.get("engine"), r["model"], inputs, res, str(r["batch_size"])), env)
         qps.append(json.loads(res.read_text())["questions_per_second"])
     return qps
 

@@ -213,7 +213,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
     data_sha = examples_fingerprint(examples)
     if ckpt is not None:
-        check_same_data(ckpt, saved.get("config", {}), cfg, data_sha, len(examples))
+        check_resumable(ckpt, saved.get("config", {}), cfg, data_sha, len(examples))
     freeze(reader.model, cfg)
     attention_dropout = set_attention_dropout(reader.model, cfg.attention_dropout, torch.device(reader.device))
     attention.use_cheap_dropout(reader.model.encoder)
@@ -425,9 +425,7 @@ def build_reader(cfg: TrainConfig, ckpt: Path | None, device: str, unanswerable:
     continuing a saved reader, heads included (`base` is a spanqa directory, or 'default' for the shipped model);
     fresh heads on a base encoder. A new run answers 'no answer' iff its training data has unanswerable questions."""
     if ckpt is not None:
-        reader, saved, tensors = load_checkpoint(ckpt, device)
-        check_resumable(ckpt, saved.get("config", {}), cfg)
-        return reader, saved, tensors
+        return load_checkpoint(ckpt, device)
     fmt = cfg.reader.format
     if cfg.base == "default" or (Path(cfg.base) / "spanqa.json").exists():
         reader = Reader.load(None if cfg.base == "default" else cfg.base, device=device, engine="torch")
@@ -440,14 +438,20 @@ def build_reader(cfg: TrainConfig, ckpt: Path | None, device: str, unanswerable:
     return reader, {}, {}
 
 
-def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
-    """A checkpoint continues only a run with the same data order and windows (RESUME_MUST_MATCH)."""
+def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig, data_sha: str, n: int) -> None:
+    """A checkpoint continues only a run with the same data order and windows (RESUME_MUST_MATCH), on the questions
+    it was trained on (`data_sha` of the `n` questions): other data changes the windows and the order, and the saved
+    recipe would name a file the model never saw. A checkpoint older than the fingerprint is not checked for it."""
     now = cfg.flat()
     for k in RESUME_MUST_MATCH:
         if k in saved and saved[k] != now[k]:
             flag = "--" + k.replace("_", "-")
             raise ConfigError(f"{ckpt}: the checkpoint was written with {flag} {saved[k]}, this run has "
                               f"{now[k]}; resume with the same data settings, or choose another --out")
+    if saved.get("train_sha256", data_sha) != data_sha:
+        raise ConfigError(f"{ckpt}: the checkpoint was trained on other data (--train {saved.get('train')}) than "
+                          f"the {n} questions of --train {cfg.train}; resume with the same training data, or choose "
+                          "another --out")
 
 
 def examples_fingerprint(examples: list[Example]) -> str:
@@ -457,15 +461,6 @@ def examples_fingerprint(examples: list[Example]) -> str:
         answers = [(a.start, a.end) for a in e.answers]
         h.update(json.dumps([e.id, e.question, e.context, answers, e.is_impossible]).encode())  # ASCII: escapes
     return h.hexdigest()
-
-
-def check_same_data(ckpt: Path, saved: dict, cfg: TrainConfig, data_sha: str, n: int) -> None:
-    """A checkpoint continues only the questions it was trained on: other data changes the windows and the order, and
-    the saved recipe would name a file the model never saw. A checkpoint older than the fingerprint is not checked."""
-    if saved.get("train_sha256", data_sha) != data_sha:
-        raise ConfigError(f"{ckpt}: the checkpoint was trained on other data (--train {saved.get('train')}) than "
-                          f"the {n} questions of --train {cfg.train}; resume with the same training data, or choose "
-                          "another --out")
 
 
 def teacher_targets(cfg: TrainConfig, out: Path, examples: list[Example], ckpt: Path | None, env: DistEnv,
