@@ -73,6 +73,7 @@ def test_mlp_heads_are_refused(tiny_reader, tokenizer, tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "mlp"), "--format", "hf", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("spanqa: error:") and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "y").exists()  # the failed export took back the --out it made
 
 
 def test_non_qa_directory_is_not_a_model(tiny_reader, tmp_path):
@@ -101,3 +102,34 @@ def test_export_into_a_folder_that_holds_files_is_refused(tiny_reader, tiny_mode
     assert {p.name: p.read_bytes() for p in other.iterdir()} == before
     (tmp_path / "empty").mkdir()
     assert main(["export", "--model", str(tiny_model_dir), "--format", fmt, "--out", str(tmp_path / "empty")]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["hf", "onnx"])
+def test_a_failed_export_leaves_no_directory_behind(tiny_model_dir, tmp_path, capsys, monkeypatch, fmt):
+    """--out is checked (and made) before the model loads; a model that was not found used to leave that new, empty
+    --out behind (and an export that broke off, its half-written files). Now the folder is left as it was found."""
+    from spanqa import engines, hf
+    from spanqa.cli import main
+    from spanqa.errors import SpanqaError
+
+    out = tmp_path / "new" / "deeper" / "X"
+    assert main(["export", "--model", str(tmp_path / "missing"), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"spanqa: error: {tmp_path / 'missing'}: model directory not found\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither --out nor the parents made for it
+    (tmp_path / "empty").mkdir()
+    assert main(["export", "--model", str(tmp_path / "missing"), "--format", fmt, "--out",
+                 str(tmp_path / "empty")]) == 2
+    assert list((tmp_path / "empty").iterdir()) == []  # a folder that was there stays, empty
+
+    def breaks_off(*args, **kwargs):
+        (out / "model.onnx").write_bytes(b"half")
+        raise SpanqaError("the export broke off")
+
+    out.mkdir(parents=True)
+    monkeypatch.setattr(hf, "export_hf", breaks_off)
+    monkeypatch.setattr(engines, "export_onnx", breaks_off)
+    capsys.readouterr()
+    assert main(["export", "--model", str(tiny_model_dir), "--format", fmt, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "spanqa: error: the export broke off\n"
+    assert out.is_dir() and list(out.iterdir()) == []  # no half-written files

@@ -330,18 +330,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from spanqa.default_model import default_model_dir
-    from spanqa.reader import Reader
-    from spanqa.validation import check_output
+    from spanqa.validation import export_dir
 
     if args.int8 and args.format != "onnx":
         raise SpanqaError("--int8 applies to --format onnx only")
-    check_output(args.out, "--out", inputs=[args.model or default_model_dir()], directory=True)
-    # into a folder that holds files (another model's), the export would replace some and leave the rest: a directory
-    # that loads as a mix of two models
-    held = sorted(p.name for p in Path(args.out).iterdir())
-    if held:
-        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        raise SpanqaError(f"--out {args.out}: already holds files ({shown}); export into a new or empty directory")
+    # --out is checked first, before the model loads; a failed export takes back the directory it made
+    with export_dir(args.out, "--out", inputs=[args.model or default_model_dir()]):
+        _export(args)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    """The export itself, into the checked, empty --out."""
+    from spanqa.reader import Reader
+
     reader = Reader.load(args.model, device="cpu", engine="torch")
     if args.format == "hf":
         from spanqa.hf import export_hf
@@ -355,7 +357,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         reader.tokenizer.save_pretrained(args.out)
         fused = ", ".join(f"{k} {v}" for k, v in meta["fused_operators"].items()) or "none"
         print(f"wrote {args.out}/model.onnx ({'int8' if args.int8 else 'fp32'}; fused operators: {fused})")
-    return 0
 
 
 # ---- index and ask a collection ---------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
 import unicodedata
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +166,18 @@ def _make_dirs(d: Path, where: str) -> list[Path]:
     return missing
 
 
-def _refuse(made: list[Path], message: str) -> DataError:
-    """The error for a refused output, after removing the directories check_output made for it."""
+def _remove_made(made: list[Path]) -> None:
+    """Take back the directories _make_dirs made (deepest first); one that is not empty stays."""
     for p in made:
         try:
             p.rmdir()
         except OSError:
             pass
+
+
+def _refuse(made: list[Path], message: str) -> DataError:
+    """The error for a refused output, after removing the directories check_output made for it."""
+    _remove_made(made)
     return DataError(message)
 
 
@@ -183,6 +190,12 @@ def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path |
     two are spelled: compared after the directories exist, by resolved path and by inode (`..` segments, symbolic and
     hard links). `writes` names the files a directory output receives.
     """
+    return _check_output(path, name, inputs, directory, writes)[0]
+
+
+def _check_output(path: str | Path, name: str, inputs: Iterable[str | Path | None], directory: bool,
+                  writes: Iterable[str]) -> tuple[Path, list[Path]]:
+    """check_output, also returning the directories it made (deepest first), for a caller that takes them back."""
     path = Path(path)
     where = f"{name} {path}" if name else str(path)
     made = _make_dirs(path if directory else path.parent, where)
@@ -199,7 +212,31 @@ def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path |
             shown = "" if str(t) == str(inp) else f" {inp}, spelled another way"
             raise _refuse(made, f"{where}: {what}{shown}; writing it would overwrite the input: choose another "
                                 f"{name or 'output'}")
-    return path
+    return path, made
+
+
+@contextmanager
+def export_dir(path: str | Path, name: str, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """An export's directory, checked before the work like check_output, and empty: files written over another
+    model's would leave a folder that loads as a mix of two. If the work in the `with` fails (a model not found, an
+    export that breaks off), the directory is left as it was found, so a failed export leaves neither half-written
+    files nor a new empty directory: what was written in it is removed, and so is the directory, with the parents
+    made for it, unless it was there before."""
+    path, made = _check_output(path, name, inputs, True, ())
+    held = sorted(p.name for p in path.iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise DataError(f"{name} {path}: already holds files ({shown}); export into a new or empty directory")
+    try:
+        yield path
+    except BaseException:
+        for p in path.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        _remove_made(made)
+        raise
 
 
 def umask_mode(paths: Iterable[str | Path]) -> None:
