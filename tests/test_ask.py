@@ -162,6 +162,25 @@ def test_ask_file_refuses_wrong_counts_before_writing(index, tmp_path, kwargs, m
     assert not (tmp_path / "out").exists()
 
 
+def test_numpy_integer_counts_ask_as_plain_ints(index, tmp_path):
+    """Before: `Index.ask(q, passages=np.int64(3))` was refused as 'must be an integer'; taken, the counts reach the
+    search and the reader as ints."""
+    import numpy as np
+
+    searched = []
+    search = index.search
+    index.search = lambda q, k: searched.append(k) or search(q, k)
+    got = index.ask(QUESTIONS[0], passages=np.int64(3), top_k=np.int32(2))
+    assert got.to_dict() == index.ask(QUESTIONS[0], passages=3, top_k=2).to_dict() and len(got.answers) == 2
+    assert [type(k) for k in searched] == [int, int]
+    inp = tmp_path / "q.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "question": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    stats = index.ask_file(inp, tmp_path / "a.jsonl", passages=np.int64(3), top_k=np.int64(2), chunk=np.int64(2),
+                           batch_size=np.int64(4), progress=False)
+    index.ask_file(inp, tmp_path / "b.jsonl", passages=3, top_k=2, chunk=2, batch_size=4, progress=False)
+    assert stats.answered == 5 and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
 # ---- files and the command line -------------------------------------------------------------------------------
 def test_ask_file_streams_and_resumes(index, tmp_path):
     inp, out = tmp_path / "q.jsonl", tmp_path / "a.jsonl"

@@ -76,6 +76,22 @@ def test_wrong_counts_are_named_before_any_file_is_written(tmp_path, tiny_reader
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
 
 
+def test_numpy_integer_counts_write_what_plain_ints_write(tmp_path, tiny_reader):
+    """Before: `top_k=np.int64(2)` was refused as 'must be an integer'; taken, it reaches the reader as an int."""
+    import numpy as np
+
+    inp = write_questions(tmp_path / "q.jsonl", 5)
+    answer_file(tiny_reader, inp, tmp_path / "plain.jsonl", top_k=2, chunk=2, batch_size=3, progress=False)
+    seen = []
+    predict = tiny_reader.predict
+    tiny_reader.predict = lambda qs, cs, **kw: seen.append(kw) or predict(qs, cs, **kw)
+    stats = answer_file(tiny_reader, inp, tmp_path / "np.jsonl", top_k=np.int64(2), chunk=np.int32(2),
+                        batch_size=np.uint8(3), progress=False)
+    assert stats.answered == 5 and len(seen) == 3  # chunks of 2
+    assert {(type(kw["top_k"]), type(kw["batch_size"])) for kw in seen} == {(int, int)}
+    assert (tmp_path / "np.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+
+
 def test_an_input_with_a_utf8_bom_is_read(tmp_path, tiny_reader):
     """Before: line 1 was refused as 'not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) ...)'."""
     plain = write_questions(tmp_path / "q.jsonl", 3)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,32 @@ def test_bad_inputs(tiny_reader, tmp_path):
         Reader.load(tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["int64", "int32", "uint8"])
+def test_numpy_integers_are_counts_and_reach_the_work_as_ints(tiny_reader, kind):
+    """Before: `top_k=np.int64(2)` (an array's element, a max over an array) was refused as 'must be an integer'."""
+    from spanqa import scoring
+    from spanqa.validation import check_counts
+
+    count = getattr(np, kind)
+    q, c = "who?", "Ada Lovelace wrote the first program."
+    got = tiny_reader.answer(q, c, top_k=count(3))
+    assert same_answers(got, tiny_reader.answer(q, c, top_k=3)) and len(got.answers) == 3
+    json.dumps(got.to_dict(3))
+    seen = []
+    score = scoring.score_windows
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("spanqa.reader.score_windows", lambda logits, windows, s: seen.append(s) or score(logits, windows, s))
+        tiny_reader.predict([q, q], [c, c], top_k=count(2), batch_size=count(1))
+    assert [(type(s.top_k), type(s.batch_size)) for s in seen] == [(int, int)]
+    assert check_counts(top_k=count(2), chunk=3) == (2, 3) and type(check_counts(top_k=count(2))[0]) is int
+
+
+@pytest.mark.parametrize("value", [True, 2.0, "2", 0, -1, None, np.bool_(True), np.float64(2), np.int64(0)])
+def test_what_is_not_a_count_is_still_refused(tiny_reader, value):
+    with pytest.raises(ConfigError, match=r"top_k must be an integer of at least 1, got "):
+        tiny_reader.answer("q", "c", top_k=value)
+
+
 @pytest.mark.parametrize("flags, message", [([True], "probabilities: 1 flags for 2 questions"),
                                             ([True, False, True], "probabilities: 3 flags for 2 questions"),
                                             (None, "must be true, false or a list of 2 of them, got NoneType"),
@@ -72,8 +99,6 @@ def test_probability_flags_of_the_wrong_length_or_type_are_refused(tiny_reader, 
 
 
 def test_probability_flags_one_per_question(tiny_reader):
-    import numpy as np
-
     preds = tiny_reader.predict(["q", "q"], ["c one", "c two"], probabilities=[False, np.bool_(True)])
     assert preds[0].probabilities is None and preds[1].probabilities is not None
 

@@ -203,7 +203,8 @@ class Index(Collection):
                  progress: bool = True) -> AnswerFileStats:
         """Answer every `{"id", "question"}` line of a JSONL file into another (`{"id", "answers", "no_answer",
         "passages_read"}` lines): streaming, and resumable like `answer_file`."""
-        check_counts(passages=passages, top_k=top_k, chunk=chunk, batch_size=batch_size)
+        passages, top_k, chunk, batch_size = check_counts(passages=passages, top_k=top_k, chunk=chunk,
+                                                          batch_size=batch_size)
 
         def answer(records: list[tuple]) -> list[AskResult]:
             return self.ask_many([r[1] for r in records], passages, top_k, batch_size=batch_size)
@@ -223,10 +224,8 @@ def _checked_questions(questions: Sequence[str]) -> Sequence[str]:
     return questions
 
 
-def _per_question(value, n: int, name: str) -> list:
+def _per_question(value, n: int, name: str) -> list[int]:
     values = list(value) if isinstance(value, Sequence) else [value] * n
     if len(values) != n:
         raise ConfigError(f"{name}: {len(values)} values for {n} questions")
-    for v in values:
-        check_counts(ConfigError, **{name: v})
-    return values
+    return [check_counts(ConfigError, **{name: v})[0] for v in values]

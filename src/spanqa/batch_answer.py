@@ -317,7 +317,7 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
              progress: bool = True) -> AnswerFileStats:
     """Answer what `p` left to do, `chunk` records at a time (`answer` turns records into results with
     `to_dict(top_k)`), each chunk's fingerprints and answers on disk before the next."""
-    check_counts(chunk=chunk, top_k=top_k)
+    chunk, top_k = check_counts(chunk=chunk, top_k=top_k)
     from tqdm.auto import tqdm
 
     stats = p.stats
@@ -350,7 +350,7 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
 def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
         progress: bool = True) -> AnswerFileStats:
     """`run_plan` with the reader answering (question, context) records."""
-    check_counts(batch_size=batch_size)
+    (batch_size,) = check_counts(batch_size=batch_size)
 
     def answer(records: list[Record]) -> list:
         return reader.predict([r[1] for r in records], [r[2] for r in records], top_k=top_k, batch_size=batch_size)
@@ -371,6 +371,6 @@ def answer_file(reader: Reader, input_path: str | os.PathLike, output_path: str 
                 chunk: int = 512, batch_size: int = 32, skip_invalid: bool = False, progress: bool = True,
                 max_line_bytes: int = MAX_CONTEXT_BYTES) -> AnswerFileStats:
     """Answer every question of a JSONL file into another, resuming whatever a previous run wrote."""
-    check_counts(top_k=top_k, chunk=chunk, batch_size=batch_size)
+    top_k, chunk, batch_size = check_counts(top_k=top_k, chunk=chunk, batch_size=batch_size)
     return run(reader, plan(input_path, output_path, skip_invalid, max_line_bytes), top_k, chunk, batch_size,
                progress)

@@ -119,8 +119,8 @@ def gpu_possible() -> bool:
     return any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg"))
 
 
-def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: int) -> None:
-    """Refuse what the reader cannot answer, with one line that names it."""
+def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: int) -> tuple[int, ...]:
+    """Refuse what the reader cannot answer, with one line that names it; return the counts as plain ints."""
     for name, values in (("question", questions), ("context", contexts)):
         if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
             raise ConfigError(f"{name}s must be a list of strings, got {type(values).__name__}")
@@ -131,7 +131,7 @@ def check_inputs(questions: Sequence[str], contexts: Sequence[str], **counts: in
                 raise ConfigError(str(e)) from None
     if len(questions) != len(contexts):
         raise ConfigError(f"{len(questions)} questions but {len(contexts)} contexts")
-    check_counts(ConfigError, **counts)
+    return check_counts(ConfigError, **counts)
 
 
 def check_flags(value: bool | Sequence[bool], n: int, name: str = "probabilities") -> list[bool]:
@@ -312,7 +312,7 @@ class Reader:
         P_end, read from the same forward pass as the answers. `progress` shows a bar (questions; windows for one
         question) on stderr once the work takes over PROGRESS_DELAY_S.
         """
-        check_inputs(questions, contexts, top_k=top_k, batch_size=batch_size)
+        top_k, batch_size = check_inputs(questions, contexts, top_k=top_k, batch_size=batch_size)
         want = check_flags(probabilities, len(questions))
         settings = PassSettings(top_k=top_k, max_answer_len=self.config.decode.max_answer_len, batch_size=batch_size,
                                 max_batch_tokens=self.max_batch_tokens, chunk_windows=self.chunk_windows,

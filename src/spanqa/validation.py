@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import numbers
 import os
 import shutil
 import unicodedata
@@ -79,12 +80,17 @@ def check_int(value: Any, name: str) -> int:
     return value
 
 
-def check_counts(error: type[Exception] = DataError, **counts: Any) -> None:
-    """Refuse, by name, a count (top_k, batch_size, chunk, passages) that is not an integer of at least 1: a wrong
-    type would otherwise be a TypeError from a comparison, far from the call that passed it."""
+def check_counts(error: type[Exception] = DataError, **counts: Any) -> tuple[int, ...]:
+    """The counts (top_k, batch_size, chunk, passages) as plain ints, in the order given; one that is not an integer
+    of at least 1 is refused by name: a wrong type would otherwise be a TypeError from a comparison, far from the call
+    that passed it. Any integral number is a count (numpy's too, as an array's max or an element gives), and is
+    returned as an int, which JSON, range() and slicing all take; bool is not a count."""
+    checked = []
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise error(f"{name} must be an integer of at least 1, got {value!r}")
+        checked.append(int(value))
+    return tuple(checked)
 
 
 def json_error(e, line: bool = True) -> str:
