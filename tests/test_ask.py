@@ -181,6 +181,18 @@ def test_numpy_integer_counts_ask_as_plain_ints(index, tmp_path):
     assert stats.answered == 5 and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
+def test_ask_file_names_a_path_that_is_not_a_path(index, tmp_path):
+    """Before: `index.ask_file(None, out)` was Python's own TypeError from Path(None), naming no argument."""
+    from spanqa.errors import SpanqaError
+
+    inp = tmp_path / "q.jsonl"
+    inp.write_text(json.dumps({"id": 1, "question": QUESTIONS[0]}) + "\n")
+    for args, name in (((None, tmp_path / "a.jsonl"), "input_path"), ((inp, None), "output_path")):
+        with pytest.raises(SpanqaError, match=f"^{name} must be a path \\(a str or os.PathLike\\), got NoneType$"):
+            index.ask_file(*args, progress=False)
+    assert not (tmp_path / "a.jsonl").exists()
+
+
 # ---- files and the command line -------------------------------------------------------------------------------
 def test_ask_file_streams_and_resumes(index, tmp_path):
     inp, out = tmp_path / "q.jsonl", tmp_path / "a.jsonl"

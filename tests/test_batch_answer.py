@@ -76,6 +76,24 @@ def test_wrong_counts_are_named_before_any_file_is_written(tmp_path, tiny_reader
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
 
 
+@pytest.mark.parametrize("paths, message", [((None, "a.jsonl"), r"^input_path must be a path \(a str or os.PathLike\), "
+                                                                 "got NoneType$"),
+                                           (("q.jsonl", None), "^output_path must be a path .* got NoneType$"),
+                                           ((3, "a.jsonl"), "^input_path must be a path .* got int$"),
+                                           (("q.jsonl", b"a.jsonl"), "^output_path must be a path .* got bytes$")],
+                         ids=["input None", "output None", "input int", "output bytes"])
+def test_a_path_that_is_not_a_path_is_named(tmp_path, tiny_reader, paths, message):
+    """Before: `answer_file(reader, None, out)` was Python's own TypeError ('expected str, bytes or os.PathLike
+    object, not NoneType'), naming no argument."""
+    from spanqa.errors import DataError
+
+    write_questions(tmp_path / "q.jsonl", 2)
+    inp, out = (tmp_path / p if isinstance(p, str) else p for p in paths)
+    with pytest.raises(DataError, match=message):
+        answer_file(tiny_reader, inp, out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
 def test_numpy_integer_counts_write_what_plain_ints_write(tmp_path, tiny_reader):
     """Before: `top_k=np.int64(2)` was refused as 'must be an integer'; taken, it reaches the reader as an int."""
     import numpy as np

@@ -46,7 +46,6 @@ import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from spanqa.batch_answer import AnswerFileStats, stream_file
 from spanqa.collection import Collection, Passage
@@ -209,8 +208,7 @@ class Index(Collection):
         def answer(records: list[tuple]) -> list[AskResult]:
             return self.ask_many([r[1] for r in records], passages, top_k, batch_size=batch_size)
 
-        return stream_file(answer, Path(input_path), Path(output_path), ("question",), top_k, chunk, skip_invalid,
-                           progress)
+        return stream_file(answer, input_path, output_path, ("question",), top_k, chunk, skip_invalid, progress)
 
 
 def _checked_questions(questions: Sequence[str]) -> Sequence[str]:

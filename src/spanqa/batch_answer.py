@@ -39,7 +39,7 @@ from pathlib import Path
 from spanqa.config import MAX_CONTEXT_BYTES
 from spanqa.errors import DataError
 from spanqa.reader import Reader
-from spanqa.validation import Invalid, check_counts, check_file, check_output, check_text, json_error
+from spanqa.validation import Invalid, check_counts, check_file, check_output, check_path, check_text, json_error
 
 
 @dataclass
@@ -190,7 +190,8 @@ def log_path(output: Path) -> Path:
 
 def check_paths(input_path: str | os.PathLike, output_path: str | os.PathLike) -> tuple[Path, Path, Path]:
     """(input, output, fingerprint log), checked before any work: the input exists, and neither file written is the
-    input, however spelled."""
+    input, however spelled. Paths of another type (None) are refused by their argument's name."""
+    input_path, output_path = check_path(input_path, "input_path"), check_path(output_path, "output_path")
     inp = check_file(input_path, expect="a .jsonl file")
     if Path(output_path).suffix == ".gz":  # appended a chunk at a time and cut back on resume: plain text only
         raise DataError(f"--output {output_path}: answers are written as plain JSONL, not gzip; name it without .gz "

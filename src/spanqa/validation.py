@@ -101,6 +101,17 @@ def json_error(e, line: bool = True) -> str:
 
 
 # ---- input files ------------------------------------------------------------------------------------------------
+def check_path(value: Any, name: str) -> Path:
+    """`value` as a Path, if it is one (a str, or an os.PathLike that gives a str); anything else, None above all, is
+    refused by `name` (the argument), where Path() would raise Python's own TypeError naming nothing."""
+    if isinstance(value, str | os.PathLike):
+        try:
+            return Path(value)
+        except TypeError:  # an os.PathLike that gives bytes
+            pass
+    raise DataError(f"{name} must be a path (a str or os.PathLike), got {type(value).__name__}")
+
+
 def check_file(path: str | Path, what: str = "file", expect: str = "a text file") -> Path:
     """`path` if it is an existing file, or a DataError naming it."""
     path = Path(path)
