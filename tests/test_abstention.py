@@ -278,8 +278,58 @@ def test_evaluate_writes_ece_and_the_reliability_diagram(tiny_reader, tmp_path):
     assert (tmp_path / "ev" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["ece"] == pytest.approx(m["ece"])
     mine(NegativesConfig(data=str(src), out=str(tmp_path / "v2.json"), ratio=1.0))
-    m2 = evaluate(tiny_reader, load_dataset(tmp_path / "v2.json"))
+    with pytest.warns(UserWarning, match="this model cannot abstain"):
+        m2 = evaluate(tiny_reader, load_dataset(tmp_path / "v2.json"))
     assert m2["metric"] == "squad-v2.0" and {"HasAns_f1", "NoAns_exact", "best_f1_optimistic"} <= set(m2)
+
+
+def v2_file(path, copies: int = 1):
+    """squad_file's questions and one unanswerable question per paragraph, as SQuAD v2.0."""
+    doc = json.loads(squad_file(path, copies).read_text())
+    for a, art in enumerate(doc["data"]):
+        for p, para in enumerate(art["paragraphs"]):
+            para["qas"].append({"id": f"neg{a}p{p}", "question": "Who painted the ceiling of the Sistine Chapel?",
+                                "answers": [], "is_impossible": True})
+    path.write_text(json.dumps({**doc, "version": "v2.0"}))
+    return path
+
+
+def test_evaluating_unanswerable_questions_with_a_model_that_cannot_abstain_warns(tiny_reader, tmp_path):
+    """A model without a no-answer threshold (allow_no_answer off) scores NoAns_exact 0 whatever it learnt; that used
+    to pass without a word, read as a measurement. A model that can abstain, and v1.1 data, get no warning."""
+    import warnings
+
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import evaluate
+
+    v2 = load_dataset(v2_file(tmp_path / "v2.json"))
+    with pytest.warns(UserWarning, match=r"v2.json: 4 of the 15 questions are unanswerable, but this model cannot "
+                                         r"abstain .* so NoAns_exact is 0 by construction;") as caught:
+        m = evaluate(tiny_reader, v2)
+    assert m["metric"] == "squad-v2.0" and m["NoAns_exact"] == 0.0 and len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(tiny_reader, v2, limit=3)  # the first 3 questions are answerable
+        evaluate(tiny_reader, load_dataset(squad_file(tmp_path / "v1.json", copies=1)))
+        tiny_reader.config = tiny_reader.config.with_decode(allow_no_answer=True, null_threshold=-1e9)
+        assert evaluate(tiny_reader, v2)["NoAns_exact"] == 100.0  # it abstains on every question
+
+
+def test_evaluate_cli_says_in_one_line_that_the_model_cannot_abstain(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = v2_file(tmp_path / "v2.json")
+    proc = subprocess.run([sys.executable, "-m", "spanqa", "evaluate", "--model", str(tiny_model_dir), "--data",
+                           str(data), "--engine", "torch", "--device", "cpu", "--no-progress"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"spanqa: warning: {data}: 4 of the 15 questions are unanswerable, but this model cannot abstain (it has no "
+        "stored no-answer threshold: allow_no_answer is off), so NoAns_exact is 0 by construction; `spanqa calibrate` "
+        "on held-out v2.0 data gives it one"]
+    assert "NoAns_exact" in proc.stdout
 
 
 def test_calibrate_cli_writes_a_model_that_abstains(tiny_model_dir, tmp_path, capsys):

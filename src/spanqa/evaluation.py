@@ -126,6 +126,7 @@ def evaluate(
     if out_dir is not None:  # before the work: results are never lost to an output that cannot be written
         check_output(out_dir, "--out", inputs=[dataset.path or None], directory=True, writes=OUT_FILES)
     examples = dataset.examples[:limit] if limit else dataset.examples
+    _warn_cannot_abstain(reader, dataset.path, examples)
     t0 = time.perf_counter()
     preds = (predict or reader.predict)([e.question for e in examples], [e.context for e in examples],
                                         top_k=reader.config.decode.n_best, batch_size=batch_size, progress=progress)
@@ -145,6 +146,17 @@ def evaluate(
     if out_dir is not None:
         write_outputs(Path(out_dir), examples, preds, tops, metrics)
     return metrics
+
+
+def _warn_cannot_abstain(reader: Reader, path, examples: Sequence[Example]) -> None:
+    """Unanswerable questions put to a model that never abstains (allow_no_answer off, the one switch of
+    decoding.is_no_answer) are all scored wrong: NoAns_exact 0 is then the model's make, not a measurement."""
+    unanswerable = sum(ex.is_impossible for ex in examples)
+    if unanswerable and not reader.config.decode.allow_no_answer:
+        where = f"{path}: " if path else ""
+        warnings.warn(f"{where}{unanswerable} of the {len(examples)} questions are unanswerable, but this model cannot "
+                      "abstain (it has no stored no-answer threshold: allow_no_answer is off), so NoAns_exact is 0 by "
+                      "construction; `spanqa calibrate` on held-out v2.0 data gives it one", stacklevel=3)
 
 
 def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
