@@ -155,3 +155,30 @@ def test_resume_on_other_training_data_is_a_clear_error(setup, capsys):
                           f"{flags[at]}) than the 5 questions of --train {other}") and err.count("\n") == 1, err
     renamed = shutil.copy(flags[at], d / "renamed.jsonl")
     assert main([*flags[:at], str(renamed), *flags[at + 1 :], "--out", str(out), "--resume", "--max-steps", "4"]) == 0
+
+
+def test_resume_in_another_precision_warns_in_one_line_and_goes_on(setup):
+    """--resume with another --precision went on without a word, though its steps can no longer repeat the
+    uninterrupted run's. It is still allowed (a run moved to another machine may have to), with a warning; what is
+    compared is the precision that runs (auto is fp32 on a CPU), and a checkpoint without it is compared by flag."""
+    import warnings
+
+    d, flags = setup
+    out = d / "precision"
+    assert main([*flags, "--out", str(out), "--max-steps", "2", "--precision", "fp32"]) == 0
+    state = find_checkpoint(out) / "trainer_state.json"
+    assert json.loads(state.read_text())["config"]["matmul_precision"] == "fp32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*flags, "--out", str(out), "--resume", "--max-steps", "3", "--precision", "auto"]) == 0
+    assert not [w for w in caught if "precision" in str(w.message)]  # auto runs fp32 here: the same matmuls
+    with pytest.warns(UserWarning) as caught:
+        assert main([*flags, "--out", str(out), "--resume", "--max-steps", "4", "--precision", "bf16"]) == 0
+    assert [str(w.message) for w in caught if "precision" in str(w.message)] == [
+        f"{out / CHECKPOINT}: the checkpoint was trained with --precision auto (fp32 matmuls), this run goes on with "
+        "--precision bf16 (bf16 matmuls); the resumed run will not end with the weights of an uninterrupted one"]
+    saved = json.loads(state.read_text())  # a checkpoint from before matmul_precision was recorded
+    del saved["config"]["matmul_precision"]
+    state.write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match=r"trained with --precision bf16, this run goes on with --precision fp32 \("):
+        assert main([*flags, "--out", str(out), "--resume", "--max-steps", "5", "--precision", "fp32"]) == 0

@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -212,8 +213,11 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
 
     reader, saved, tensors = build_reader(cfg, ckpt, device, data.has_unanswerable)
     data_sha = examples_fingerprint(examples)
+    matmul = "bf16" if use_bf16(cfg.precision, reader.device) else "fp32"
     if ckpt is not None:
         check_resumable(ckpt, saved.get("config", {}), cfg, data_sha, len(examples))
+        if env.main:
+            warn_precision_change(ckpt, saved.get("config", {}), cfg.precision, matmul)
     freeze(reader.model, cfg)
     attention_dropout = set_attention_dropout(reader.model, cfg.attention_dropout, torch.device(reader.device))
     attention.use_cheap_dropout(reader.model.encoder)
@@ -228,6 +232,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     recipe = {k: v for k, v in cfg.flat().items() if k not in ("resume", "progress")}
     recipe["train_sha256"] = data_sha  # what --train held, so a resume continues on the very same questions
     recipe["attention_dropout"] = attention_dropout  # what ran (the CPU default is 0), so a re-run anywhere repeats it
+    recipe["matmul_precision"] = matmul  # what ran (auto: bf16 on a GPU only), for the resume's precision check
     state = TrainState(**saved)
     state.total_steps, state.world_size, state.config = planned_steps(len(windows), cfg), env.world, recipe
     opt = make_optimizer(reader, cfg)
@@ -452,6 +457,19 @@ def check_resumable(ckpt: Path, saved: dict, cfg: TrainConfig, data_sha: str, n:
         raise ConfigError(f"{ckpt}: the checkpoint was trained on other data (--train {saved.get('train')}) than "
                           f"the {n} questions of --train {cfg.train}; resume with the same training data, or choose "
                           "another --out")
+
+
+def warn_precision_change(ckpt: Path, saved: dict, precision: str, matmul: str) -> None:
+    """A resume in another matmul precision (`matmul`, what --precision `precision` runs here) is allowed, since a run
+    moved to another machine may have to change it, but its steps no longer repeat those of the uninterrupted run,
+    so it is said, in one line. A checkpoint older than the recorded matmul_precision is compared by its flag."""
+    before, flag = saved.get("matmul_precision"), saved.get("precision")
+    if flag is None or (before == matmul if before is not None else flag == precision):
+        return
+    was = f"--precision {flag}" + (f" ({before} matmuls)" if before else "")
+    warnings.warn(f"{ckpt}: the checkpoint was trained with {was}, this run goes on with --precision {precision} "
+                  f"({matmul} matmuls); the resumed run will not end with the weights of an uninterrupted one",
+                  stacklevel=2)
 
 
 def examples_fingerprint(examples: list[Example]) -> str:
