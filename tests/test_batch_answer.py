@@ -252,20 +252,50 @@ def _kill_states(log: bytes, out: bytes, chunk: int) -> dict[str, tuple[bytes, b
     return states
 
 
-def test_a_kill_at_every_chunk_boundary_resumes_to_the_same_bytes(tmp_path, tiny_reader):
+def _asker(tmp_path, tiny_reader, n: int):
+    """`Index.ask_file` (what `spanqa ask --index DIR --input --output` runs) over an index of CONTEXTS, on n
+    questions that retrieve passages, as a function of the output path."""
+    from spanqa.ask import Index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, context in enumerate(CONTEXTS):
+        (docs / f"d{i}.txt").write_text(context)
+    index = Index.build([docs], tmp_path / "idx")
+    index.reader = tiny_reader
+    inp = tmp_path / "q.jsonl"
+    words = ["Eiffel Tower", "Ada Lovelace", "Mount Everest"]
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What of the {words[i % 3]}, {i}?"}) + "\n"
+                           for i in range(n)))
+    return lambda out: index.ask_file(inp, out, passages=2, top_k=2, chunk=3, progress=False)
+
+
+@pytest.mark.parametrize("command", ["answer", "ask"])
+def test_a_kill_at_every_chunk_boundary_resumes_to_the_same_bytes(tmp_path, tiny_reader, command):
     """Killed before the first chunk, between a chunk's fingerprints and its answers, mid-line, after the last chunk:
-    the rerun writes exactly what the uninterrupted run wrote, and a third run has nothing left to do."""
-    inp, full = write_questions(tmp_path / "q.jsonl", 7), tmp_path / "full.jsonl"
-    answer_file(tiny_reader, inp, full, chunk=3, progress=False)
+    the rerun writes exactly what the uninterrupted run wrote, and a third run has nothing left to do. `ask --input`
+    runs the same loop over other records (a question alone, its fingerprint of one text) and other answer lines
+    (passages, passages_read), which each resumed state must read back as its own."""
+    if command == "answer":
+        inp = write_questions(tmp_path / "q.jsonl", 7)
+
+        def run(out):
+            return answer_file(tiny_reader, inp, out, chunk=3, progress=False)
+    else:
+        run = _asker(tmp_path, tiny_reader, 7)
+    full = tmp_path / "full.jsonl"
+    run(full)
     log = (tmp_path / "full.jsonl.spanqa").read_bytes()
     states = _kill_states(log, full.read_bytes(), 3)
     assert len(states) == 3 + 4 + 3 * 3  # 7 questions: chunks end after 0, 3, 6 and 7 answers
+    if command == "ask":
+        assert all(json.loads(line)["passages_read"] == 2 for line in full.read_text().splitlines())
     for name, (log_bytes, out_bytes) in states.items():
         out = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.jsonl"
         (tmp_path / (out.name + ".spanqa")).write_bytes(log_bytes)
         if out_bytes is not None:
             out.write_bytes(out_bytes)
-        stats = answer_file(tiny_reader, inp, out, chunk=3, progress=False)
+        stats = run(out)
         assert out.read_bytes() == full.read_bytes(), name
         assert stats.already_done + stats.answered == 7, name
-        assert answer_file(tiny_reader, inp, out, chunk=3, progress=False).answered == 0, name
+        assert run(out).answered == 0, name
