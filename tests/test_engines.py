@@ -263,8 +263,8 @@ def test_the_cached_answer_path_imports_neither_torch_nor_transformers(tiny_mode
 
 
 def test_torch_bf16_is_torch_in_bf16_on_the_cpu(tiny_reader, monkeypatch):
-    """`torch-bf16` runs the same network under bf16 autocast: logits within bf16 rounding of fp32 (not equal: the
-    autocast is really on); a CPU without AMX or AVX-512 BF16 gets a warning; `torch` is fp32 again after."""
+    """`torch-bf16` runs the same network with its encoder in bf16: logits within bf16 rounding of fp32 (not equal:
+    bf16 is really on); a CPU without AMX or AVX-512 BF16 gets a warning; `torch` is fp32 again after."""
     import warnings
 
     import spanqa.engines as engines
@@ -289,6 +289,30 @@ def test_torch_bf16_is_torch_in_bf16_on_the_cpu(tiny_reader, monkeypatch):
     finally:
         tiny_reader.set_engine("torch")
     assert np.array_equal(tiny_reader.logits(batch)[0], ref_b)
+
+
+def test_torch_bf16_follows_weights_changed_in_place(tiny_reader):
+    """The CPU bf16 engine holds a bf16 copy of the encoder: a weight changed in place afterwards (an optimiser step
+    between evaluations) is in the next answer, as a fresh engine has it, and the reader's own model stays fp32."""
+    import torch
+
+    batch = a_batch(tiny_reader)
+    engine = TorchEngine(tiny_reader.model, bf16=True)
+    before = engine(batch)[0]
+    param = tiny_reader.model.encoder.embeddings.word_embeddings.weight
+    saved = param.detach().clone()
+    try:
+        with torch.no_grad():
+            param.mul_(3.0)
+        after = engine(batch)[0]
+        fresh = TorchEngine(tiny_reader.model, bf16=True)(batch)[0]
+        assert not np.array_equal(after, before)
+        assert np.array_equal(after, fresh)
+        assert all(p.dtype == torch.float32 for p in tiny_reader.model.parameters())
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    assert np.array_equal(engine(batch)[0], before)
 
 
 def test_cpu_has_fast_bf16_reads_the_flags(monkeypatch, tmp_path):

@@ -232,8 +232,8 @@ class RunConfig:
 
     model: str | None = opt(None, "saved reader directory or HF QA checkpoint (default: the model shipped with spanqa)")
     engine: str = opt("auto", "auto (onnx-int8 on a CPU: the fastest within 0.5 F1 of torch; torch on a GPU), torch, "
-                              "torch-bf16 (bf16 autocast on the CPU: for CPUs with AMX), or ONNX Runtime fp32/int8 on "
-                              "the CPU (the graph is built on first use and cached)",
+                              "torch-bf16 (the encoder held in bf16 on the CPU: for CPUs with AMX), or ONNX Runtime "
+                              "fp32/int8 on the CPU (the graph is built on first use and cached)",
                       choices=ENGINES)
     device: str = opt("auto", DEVICES_HELP)
 

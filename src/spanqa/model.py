@@ -80,6 +80,7 @@ class SpanModel(nn.Module):
         if self._uses_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
+        hidden = hidden.to(next(self.begin_head.parameters()).dtype)  # an encoder held in bf16 feeds fp32 heads
         begin = self.begin_head(hidden).float()
         end = self.end_head(hidden).float()
         return mask_logits(begin, span_mask), mask_logits(end, span_mask)
