@@ -356,7 +356,7 @@ def test_calibrate_refuses_an_out_it_cannot_write_before_the_work(tiny_model_dir
     assert main(["calibrate", "--model", str(tiny_model_dir), "--data", str(src), "--out",
                  str(src / "cal")]) == 2
     err = capsys.readouterr().err
-    assert err == f"spanqa: error: --out {src / 'cal'}: {src} is a file, expected a directory\n"
+    assert err == f"spanqa: error: --out {src / 'cal'}: {src} is a file, not a directory\n"
 
 
 def test_calibrating_on_one_kind_of_question_warns(tiny_reader, tmp_path):

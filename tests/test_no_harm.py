@@ -593,3 +593,118 @@ def test_json_errors_read_well(tmp_path, tiny_model_dir, capsys):
     with pytest.raises(DataError, match=r"starting at column 41\)") as e:
         load_dataset(inp)
     assert "at at" not in str(e.value)
+
+
+# ---- a failed command leaves no new directory behind ----------------------------------------------------------------
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    """Inputs for the runs that fail after their outputs were checked: good and malformed SQuAD, a bad JSONL."""
+    from test_cli import squad_file
+
+    (tmp / "in").mkdir()
+    (tmp / "in" / "malformed.json").write_text('{"data": [')
+    bad = small_jsonl(tmp / "in" / "bad.jsonl")
+    bad.write_text(bad.read_text() + json.dumps({"id": "x", "question": "", "context": "c"}) + "\n")
+    return {"ok": squad_file(tmp / "in" / "ok.json"), "malformed": tmp / "in" / "malformed.json", "bad": bad,
+            "missing": tmp / "in" / "no-model"}
+
+
+FAILED_RUNS = {  # a command whose --out is checked (its directories made) before the work, which then fails
+    "evaluate, no model": ["evaluate", "--model", "{missing}", "--data", "{ok}", "--out", "{out}/ev"],
+    "evaluate, bad data": ["evaluate", "--model", "{model}", "--data", "{malformed}", "--out", "{out}/ev"],
+    "calibrate, no model": ["calibrate", "--model", "{missing}", "--data", "{ok}", "--out", "{out}/cal"],
+    "explain, no model": ["explain", "--model", "{missing}", "--question", Q, "--context", CONTEXT, "--out",
+                          "{out}/chart.png"],
+    "teach, no model": ["teach", "--model", "{missing}", "--data", "{ok}", "--out", "{out}/t.safetensors"],
+    "train, bad data": ["train", "--base", "{model}", "--train", "{malformed}", "--out", "{out}/run", "--device",
+                        "cpu"],
+    "negatives, bad data": ["negatives", "--data", "{malformed}", "--out", "{out}/neg.json"],
+    "answer --input, no model": ["answer", "--model", "{missing}", "--input", "{bad}", "--output", "{out}/a.jsonl",
+                                 "--skip-invalid"],
+    "answer --input, bad line": ["answer", "--model", "{model}", "--input", "{bad}", "--output", "{out}/a.jsonl"],
+}
+
+
+@pytest.mark.parametrize("run", FAILED_RUNS)
+def test_a_failed_command_takes_back_the_directories_made_for_its_output(tmp_path, tiny_model_dir, capsys, run):
+    """Before: the output's directories were made when it was checked, before the model or the data were read,
+    and stayed when that failed (`evaluate --model missing --out ev/X` left an empty ev/X/). Now the ones made are
+    taken back, and a folder that was there before stays."""
+    paths = _bad_inputs(tmp_path)
+    held = sorted(p.name for p in (tmp_path / "in").iterdir())
+    for out in (tmp_path / "new" / "deeper", tmp_path / "in"):
+        fails(capsys, [a.format(**paths, model=tiny_model_dir, out=out) for a in FAILED_RUNS[run]])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no new/, nor new/deeper/
+        assert sorted(p.name for p in (tmp_path / "in").iterdir()) == held  # a folder that was there stays as it was
+
+
+def test_ask_input_with_a_bad_line_takes_back_its_output_directories(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "d.txt").write_text(CONTEXT)
+    assert main(["index", str(tmp_path / "docs"), "--out", str(tmp_path / "idx")]) == 0
+    (tmp_path / "q.jsonl").write_text('{"id": 1, "question": "who?"}\n{"id": 2, "question": ""}\n')
+    fails(capsys, ["ask", "--index", tmp_path / "idx", "--model", tiny_model_dir, "--input", tmp_path / "q.jsonl",
+                   "--output", tmp_path / "new" / "a.jsonl"], "line 2: field 'question' is empty")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*no question is unanswerable")
+def test_a_calibration_that_breaks_off_leaves_no_half_written_model(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """--out is a new model directory, made before the work; the copy of the model into it and the new settings are
+    written last. One that broke off there left its half-copied model; now --out is taken back whole."""
+    from test_cli import squad_file
+
+    from spanqa import checkpoint
+    from spanqa.errors import SpanqaError
+
+    def breaks_off(out, config):
+        raise SpanqaError("the disk is full")
+
+    monkeypatch.setattr(checkpoint, "write_config", breaks_off)
+    out = tmp_path / "new" / "cal"
+    fails(capsys, ["calibrate", "--model", tiny_model_dir, "--data", squad_file(tmp_path / "ok.json"), "--out", out,
+                   "--no-progress"], "the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
+
+
+def _api_runs() -> dict:
+    """API calls that check their outputs before the work, then fail: (paths, new, reader, model dir) -> None."""
+    from spanqa.ask import Index
+    from spanqa.batch_answer import answer_file
+    from spanqa.config import NegativesConfig, TrainConfig
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import evaluate
+    from spanqa.negatives import mine
+    from spanqa.training import train
+
+    def ask_file(paths, new, reader, model):
+        (paths["ok"].parent / "docs").mkdir()
+        (paths["ok"].parent / "docs" / "d.txt").write_text(CONTEXT)
+        index = Index.build([paths["ok"].parent / "docs"], paths["ok"].parent / "idx")
+        index.reader = reader
+        index.ask_file(paths["bad"], new / "a.jsonl", progress=False)
+
+    return {"evaluate": lambda paths, new, reader, model: evaluate(reader, load_dataset(paths["ok"]), out_dir=new),
+            "train": lambda paths, new, reader, model: train(TrainConfig(
+                train=str(paths["malformed"]), out=str(new), base=str(model), device="cpu", progress=False)),
+            "mine": lambda paths, new, reader, model: mine(NegativesConfig(data=str(paths["malformed"]),
+                                                                           out=str(new / "neg.json"))),
+            "answer_file": lambda paths, new, reader, model: answer_file(reader, paths["bad"], new / "a.jsonl",
+                                                                         progress=False),
+            "Index.ask_file": ask_file}
+
+
+@pytest.mark.parametrize("run", ["evaluate", "train", "mine", "answer_file", "Index.ask_file"])
+def test_the_api_takes_back_the_directories_made_for_a_failed_run(tmp_path, tiny_model_dir, tiny_reader,
+                                                                 monkeypatch, run):
+    """The API checks its outputs before the work, as the commands do; a run that failed after that left the new
+    directories behind."""
+    from spanqa.errors import SpanqaError
+
+    def fails_to_answer(*args, **kwargs):
+        raise SpanqaError("the reader failed")
+
+    monkeypatch.setattr(tiny_reader, "predict", fails_to_answer)
+    paths = _bad_inputs(tmp_path)
+    with pytest.raises(SpanqaError):
+        _api_runs()[run](paths, tmp_path / "new" / "deeper", tiny_reader, tiny_model_dir)
+    assert not (tmp_path / "new").exists()

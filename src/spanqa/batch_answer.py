@@ -39,7 +39,16 @@ from pathlib import Path
 from spanqa.config import MAX_CONTEXT_BYTES
 from spanqa.errors import DataError
 from spanqa.reader import Reader
-from spanqa.validation import Invalid, check_counts, check_file, check_output, check_path, check_text, json_error
+from spanqa.validation import (
+    Invalid,
+    check_counts,
+    check_file,
+    check_output,
+    check_path,
+    check_text,
+    json_error,
+    outputs_taken_back,
+)
 
 
 @dataclass
@@ -359,6 +368,7 @@ def run(reader: Reader, p: Plan, top_k: int = 1, chunk: int = 512, batch_size: i
     return run_plan(answer, p, top_k, chunk, progress)
 
 
+@outputs_taken_back()
 def stream_file(answer: Callable[[list[Record]], list], input_path: str | os.PathLike,
                 output_path: str | os.PathLike, fields: tuple[str, ...] = FIELDS, top_k: int = 1, chunk: int = 512,
                 skip_invalid: bool = False, progress: bool = True,
@@ -368,6 +378,7 @@ def stream_file(answer: Callable[[list[Record]], list], input_path: str | os.Pat
                     progress)
 
 
+@outputs_taken_back()
 def answer_file(reader: Reader, input_path: str | os.PathLike, output_path: str | os.PathLike, top_k: int = 1,
                 chunk: int = 512, batch_size: int = 32, skip_invalid: bool = False, progress: bool = True,
                 max_line_bytes: int = MAX_CONTEXT_BYTES) -> AnswerFileStats:

@@ -234,23 +234,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from spanqa.data import load_dataset
     from spanqa.default_model import default_model_dir
     from spanqa.evaluation import calibrate
-    from spanqa.validation import check_file, check_output
+    from spanqa.validation import check_file, export_dir
 
     cfg = build(EvaluateConfig, args)
     src = Path(args.model) if args.model else default_model_dir()
     out = Path(args.out)
     if out.exists():
         raise SpanqaError(f"--out {out} already exists; choose a new directory")
-    check_output(out, "--out", inputs=[check_file(args.data)])  # its parents, before the work; copytree makes it
-    if src.is_dir() and not (src / SPANQA_JSON).exists():
-        raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train first")
-    data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
-    reader = _reader(args)
-    cal, thresh, report = calibrate(reader, data, batch_size=cfg.batch_size, progress=cfg.progress)
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns("checkpoint*", "train_log.jsonl"))
-    config = replace(reader.config, calibration=cal.to_dict()).with_decode(allow_no_answer=True,
-                                                                            null_threshold=thresh)
-    write_config(out, config)
+    # made before the work; a calibration that fails takes back what it copied there, and the directory
+    with export_dir(out, "--out", inputs=[check_file(args.data)]):
+        if src.is_dir() and not (src / SPANQA_JSON).exists():
+            raise SpanqaError(f"{src}: calibrate writes the spanqa format; convert a HF checkpoint with spanqa train "
+                              "first")
+        data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
+        reader = _reader(args)
+        cal, thresh, report = calibrate(reader, data, batch_size=cfg.batch_size, progress=cfg.progress)
+        shutil.copytree(src, out, ignore=shutil.ignore_patterns("checkpoint*", "train_log.jsonl"), dirs_exist_ok=True)
+        config = replace(reader.config, calibration=cal.to_dict()).with_decode(allow_no_answer=True,
+                                                                                null_threshold=thresh)
+        write_config(out, config)
     print(json.dumps(report))
     print(f"spanqa: wrote {out}: abstains above P(unanswerable) {thresh:.3f} (F1 {report['f1_at_threshold']:.2f} on "
           f"{report['questions']} questions of {report['data']})", file=sys.stderr)
@@ -523,10 +525,13 @@ def one_line_warnings():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from spanqa.validation import outputs_taken_back
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        with one_line_warnings():
+        # the outputs are checked (their directories made) before the work; a command that fails takes them back
+        with one_line_warnings(), outputs_taken_back():
             return args.func(args)
     except SpanqaError as e:
         print(f"spanqa: error: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ from spanqa.errors import DataError
 from spanqa.formatting import tokenize
 from spanqa.metric import compute_exact, compute_f1, evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
-from spanqa.validation import check_output
+from spanqa.validation import check_output, outputs_taken_back
 
 OUT_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json", "reliability.png")  # in out_dir
 
@@ -112,6 +112,7 @@ def squad_metrics(examples: Sequence[Example], preds: Sequence[Prediction], v2: 
             "best_f1_thresh_optimistic": sweep["best_f1_thresh"]}
 
 
+@outputs_taken_back()
 def evaluate(
     reader: Reader,
     dataset: Dataset,

@@ -35,7 +35,7 @@ from pathlib import Path
 from spanqa.config import NegativesConfig
 from spanqa.errors import DataError
 from spanqa.metric import normalize_answer
-from spanqa.validation import check_file, check_output, open_text, same_file
+from spanqa.validation import check_file, check_output, open_text, outputs_taken_back, same_file
 
 KINDS = ("sentence_removed", "entity_swapped", "nearest_paragraph", "antonym_swapped", "negated")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -269,6 +269,7 @@ def mine_article(article: dict, cfg: NegativesConfig, rng: random.Random, report
     return {"title": article.get("title", ""), "paragraphs": out}
 
 
+@outputs_taken_back()
 def mine(cfg: NegativesConfig) -> Report:
     """Read cfg.data, write cfg.out (and cfg.holdout_out); return the counts."""
     _check_outputs(cfg)

@@ -49,7 +49,7 @@ from spanqa.loss import reader_loss
 from spanqa.model import encoder_max_positions
 from spanqa.perf import encoder_matmul_flops
 from spanqa.reader import Reader, resolve_device
-from spanqa.validation import check_output, umask_mode
+from spanqa.validation import check_output, outputs_taken_back, umask_mode
 
 __all__ = ["CHECKPOINT", "TrainConfig", "TrainState", "find_checkpoint", "load_checkpoint", "lr_factor",
            "save_checkpoint", "train"]
@@ -177,6 +177,7 @@ class Run:
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
+@outputs_taken_back()
 def train(cfg: TrainConfig) -> dict:
     """Train a reader as `cfg` says; save it, its log and its checkpoints in cfg.out; return the run's summary."""
     run, state = prepare(cfg)

@@ -4,7 +4,8 @@ batch answering.
 A bad field raises `Invalid(field, reason)`; each caller says where it was (file and line, record id, request item)
 in its own one-line error, so the same input gets the same words everywhere. Files are read with a stated size limit
 (an endless input such as /dev/zero stops with a message, not out of memory), and every path a command writes goes
-through `check_output` before any work, so an output never overwrites an input, however the two are spelled.
+through `check_output` before any work, so an output never overwrites an input, however the two are spelled; the
+directories made for it are taken back if the work then fails (`outputs_taken_back`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +169,14 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def missing_dirs(d: Path) -> list[Path]:
+    """`d` and those of its parents that do not exist, deepest first: what making `d` creates."""
+    return [p for p in (d, *d.parents) if not p.exists() and p.name not in ("", ".", "..")]
+
+
 def _make_dirs(d: Path, where: str) -> list[Path]:
     """Make `d` and its missing parents; return the ones made, deepest first (to take back on a refusal)."""
-    missing = [p for p in (d, *d.parents) if not p.exists() and p.name not in ("", ".", "..")]
+    missing = missing_dirs(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -183,8 +190,8 @@ def _make_dirs(d: Path, where: str) -> list[Path]:
     return missing
 
 
-def _remove_made(made: list[Path]) -> None:
-    """Take back the directories _make_dirs made (deepest first); one that is not empty stays."""
+def _remove_made(made: Iterable[Path]) -> None:
+    """Take back directories made for an output, deepest first; one that is not empty stays."""
     for p in made:
         try:
             p.rmdir()
@@ -198,21 +205,47 @@ def _refuse(made: list[Path], message: str) -> DataError:
     return DataError(message)
 
 
+# the directories made for outputs inside the innermost `outputs_taken_back`, in the order they were made
+_made_for_outputs: ContextVar[list[Path] | None] = ContextVar("spanqa_made_for_outputs", default=None)
+
+
+def note_made(made: list[Path]) -> None:
+    """Hand directories made for an output (deepest first) to the enclosing `outputs_taken_back`, if any."""
+    taken = _made_for_outputs.get()
+    if taken is not None:
+        taken.extend(reversed(made))
+
+
+@contextmanager
+def outputs_taken_back() -> Iterator[None]:
+    """Outputs are checked, and their directories made, before the work, so a run is never lost to an output that
+    cannot be written; if the work in this `with` then fails (a model not found, a bad record, an interrupt), the
+    directories made for its outputs are taken back, newest first, the ones still empty: a failed command leaves no
+    new directory behind. What the work wrote stays (a resumable run's output, a training's checkpoints)."""
+    made: list[Path] = []
+    token = _made_for_outputs.set(made)
+    try:
+        yield
+    except BaseException:
+        _remove_made(reversed(made))
+        raise
+    finally:
+        _made_for_outputs.reset(token)
+    outer = _made_for_outputs.get()
+    if outer is not None:  # a failure after the inner work succeeded takes them back too
+        outer.extend(made)
+
+
 def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path | None] = (),
                  directory: bool = False, writes: Iterable[str] = ()) -> Path:
     """`path`, ready to be written before any work starts, or a DataError naming it (and `name`, its flag).
 
-    Missing parent directories are made (with `directory`, the directory itself); a directory where a file goes, or
-    the reverse, is refused, as is a path spanqa may not write. No file written may be one of `inputs`, however the
-    two are spelled: compared after the directories exist, by resolved path and by inode (`..` segments, symbolic and
-    hard links). `writes` names the files a directory output receives.
+    Missing parent directories are made (with `directory`, the directory itself), and taken back if the work fails
+    inside `outputs_taken_back`; a directory where a file goes, or the reverse, is refused, as is a path spanqa may
+    not write. No file written may be one of `inputs`, however the two are spelled: compared after the directories
+    exist, by resolved path and by inode (`..` segments, symbolic and hard links). `writes` names the files a
+    directory output receives.
     """
-    return _check_output(path, name, inputs, directory, writes)[0]
-
-
-def _check_output(path: str | Path, name: str, inputs: Iterable[str | Path | None], directory: bool,
-                  writes: Iterable[str]) -> tuple[Path, list[Path]]:
-    """check_output, also returning the directories it made (deepest first), for a caller that takes them back."""
     path = Path(path)
     where = f"{name} {path}" if name else str(path)
     made = _make_dirs(path if directory else path.parent, where)
@@ -229,31 +262,32 @@ def _check_output(path: str | Path, name: str, inputs: Iterable[str | Path | Non
             shown = "" if str(t) == str(inp) else f" {inp}, spelled another way"
             raise _refuse(made, f"{where}: {what}{shown}; writing it would overwrite the input: choose another "
                                 f"{name or 'output'}")
-    return path, made
+    note_made(made)
+    return path
 
 
 @contextmanager
 def export_dir(path: str | Path, name: str, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """An export's directory, checked before the work like check_output, and empty: files written over another
-    model's would leave a folder that loads as a mix of two. If the work in the `with` fails (a model not found, an
-    export that breaks off), the directory is left as it was found, so a failed export leaves neither half-written
-    files nor a new empty directory: what was written in it is removed, and so is the directory, with the parents
-    made for it, unless it was there before."""
-    path, made = _check_output(path, name, inputs, True, ())
-    held = sorted(p.name for p in path.iterdir())
-    if held:
-        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        raise DataError(f"{name} {path}: already holds files ({shown}); export into a new or empty directory")
-    try:
-        yield path
-    except BaseException:
-        for p in path.iterdir():
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        _remove_made(made)
-        raise
+    """An export's directory (a model written whole: `export`, `calibrate`), checked before the work like
+    check_output, and empty: files written over another model's would leave a folder that loads as a mix of two. If
+    the work in the `with` fails (a model not found, an export that breaks off), the directory is left as it was
+    found, so a failed export leaves neither half-written files nor a new empty directory: what was written in it is
+    removed, and so is the directory, with the parents made for it, unless it was there before."""
+    with outputs_taken_back():
+        path = check_output(path, name, inputs, directory=True)
+        held = sorted(p.name for p in path.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise DataError(f"{name} {path}: already holds files ({shown}); export into a new or empty directory")
+        try:
+            yield path
+        except BaseException:
+            for p in path.iterdir():
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            raise
 
 
 def umask_mode(paths: Iterable[str | Path]) -> None:
