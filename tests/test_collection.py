@@ -338,3 +338,14 @@ def test_an_index_inside_its_source_folder_is_not_read_as_documents(tmp_path, ca
     assert main(["index", str(docs / "idx"), "--out", str(docs / "idx")]) == 2
     assert capsys.readouterr().err == f"spanqa: error: {docs / 'idx'}: is the index folder (--out); name the " \
                                       "documents, not the index\n"
+
+
+def test_a_build_that_fails_takes_back_the_parents_made_for_out(tmp_path, capsys):
+    """Before: the temporary folder was made with --out's missing parents and removed alone when the build failed
+    (sources with no word in them), so `index x.txt --out new/deeper/idx` left new/deeper/ behind."""
+    (tmp_path / "punctuation.txt").write_text("!!! ... ???\n")
+    assert main(["index", str(tmp_path / "punctuation.txt"), "--out", str(tmp_path / "new" / "deeper" / "idx")]) == 2
+    assert capsys.readouterr().err == "spanqa: error: the sources hold no words to index\n"
+    with pytest.raises(DataError, match="the sources hold no words to index"):
+        Collection.build([tmp_path / "punctuation.txt"], tmp_path / "new" / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["punctuation.txt"]

@@ -42,6 +42,7 @@ import numpy as np
 from spanqa.config import IndexConfig
 from spanqa.documents import Document, SourceFile, find_sources, read_source
 from spanqa.errors import DataError
+from spanqa.validation import missing_dirs, note_made, outputs_taken_back
 
 FORMAT, VERSION = "spanqa-index", 2  # 2: stems and title terms
 MANIFEST = "index.json"
@@ -229,12 +230,15 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _make_tmp(tmp: Path, out: Path) -> None:
-    """The temporary folder beside `out` that the index is written to (with `out`'s missing parents)."""
+    """The temporary folder beside `out` that the index is written to (with `out`'s missing parents, taken back
+    if the build fails)."""
+    made = missing_dirs(tmp)
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
         raise DataError(f"{out}: cannot create the index folder there ({e.strerror or e}); choose another --out") \
             from None
+    note_made(made)
 
 
 def _check_out(out: Path) -> None:
@@ -326,6 +330,7 @@ class Collection:
 
     # ---- building ----------------------------------------------------------------------------------------------
     @classmethod
+    @outputs_taken_back()
     def build(cls, sources: Sequence[str | os.PathLike], out: str | os.PathLike,
               config: IndexConfig | None = None) -> Collection:
         """Index the documents of `sources` (files and folders) into the folder `out`, reusing the documents of
