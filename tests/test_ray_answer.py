@@ -147,6 +147,30 @@ def test_a_bad_line_stops_with_the_single_process_words(ray_local, tiny_model_di
     assert not (tmp_path / "shards").exists()  # nothing written
 
 
+def test_a_run_that_fails_before_any_shard_leaves_no_output(ray_local, tiny_model_dir, tmp_path, capsys):
+    """Before: the manifest was written into --output before the actors looked for the model, so `answer --ray
+    --model missing --output new/shards` left new/shards/spanqa-shards.json behind. An output that holds shards
+    stays as it is, to be resumed."""
+    from spanqa.config import RayConfig, RunConfig
+    from spanqa.errors import ModelError
+    from spanqa.ray_answer import answer_on_ray
+
+    inp = write_files(tmp_path / "in", [6])[0][0]
+    missing, out = tmp_path / "missing", tmp_path / "new" / "shards"
+    flags = ["--input", str(inp), "--output", str(out), "--chunk", "3", "--ray", "--actors", "1"]
+    assert answer("--model", str(missing), *flags) == 2
+    assert capsys.readouterr().err == f"spanqa: error: {missing}: model directory not found\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    with pytest.raises(ModelError, match="model directory not found"):
+        answer_on_ray(str(inp), str(out), RunConfig(model=str(missing)), RayConfig(actors=1), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    assert answer("--model", str(tiny_model_dir), *flags) == 0
+    (out / "part-00001.jsonl").unlink()
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert answer("--model", str(missing), *flags) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+
+
 def test_an_output_that_is_not_its_shards_is_refused(ray_local, tiny_model_dir, tmp_path, capsys):
     inp = write_files(tmp_path / "in", [3])[0][0]
     out = tmp_path / "out"

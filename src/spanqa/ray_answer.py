@@ -48,7 +48,7 @@ from pathlib import Path
 from spanqa.batch_answer import FIELDS, Record, answer_line, bad_line, check_record, fingerprint, parse_line, read_lines
 from spanqa.config import MAX_CONTEXT_BYTES, TORCH_ENGINES, RayConfig, RunConfig
 from spanqa.errors import ConfigError, DataError, SpanqaError
-from spanqa.validation import Invalid, check_output
+from spanqa.validation import Invalid, check_output, outputs_taken_back
 
 RAY_HINT = "--ray needs Ray: pip install 'spanqa[ray]'"
 MANIFEST = "spanqa-shards.json"
@@ -309,6 +309,26 @@ def _tidy(fs, root: str) -> None:
         fs.delete_dir(f"{root}/{ATTEMPTS}")
 
 
+@contextmanager
+def _manifest_taken_back(output: str) -> Iterator[None]:
+    """A run that fails before a shard is written (no model where the actors look for it) takes back the manifest
+    prepare_output wrote, and what the attempts left: an --output that held no answers is left empty (a new one is
+    then taken back by outputs_taken_back). One that holds shards stays as it is, to be resumed."""
+    import pyarrow.fs as pafs
+
+    try:
+        yield
+    except BaseException:
+        fs, root = _filesystem(output)
+        try:
+            if not any(SHARD.fullmatch(Path(i.path).name) for i in fs.get_file_info(pafs.FileSelector(root))):
+                _tidy(fs, root)
+                fs.delete_file(f"{root}/{MANIFEST}")
+        except OSError:
+            pass  # the failure that got here is the one to report
+        raise
+
+
 def prepare_output(output: str, shards: list[Shard], sources: list[Source], top_k: int, chunk: int) -> set[int]:
     """The shards already whole in `output` (made if needed), after checking that it holds nothing but spanqa's
     shards of these questions; stray temporary files are removed and the manifest written, before any answer."""
@@ -565,6 +585,7 @@ class RayStats:
 
 
 # ---- the commands -------------------------------------------------------------------------------------------------
+@outputs_taken_back()
 def answer_on_ray(input_spec: str, output: str, run: RunConfig = RunConfig(), cfg: RayConfig = RayConfig(),
                   address: str | None = None, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
                   skip_invalid: bool = False, max_line_bytes: int = MAX_CONTEXT_BYTES,
@@ -586,8 +607,9 @@ def answer_on_ray(input_spec: str, output: str, run: RunConfig = RunConfig(), cf
         job = Job(run, cfg.threads_per_actor, top_k, batch_size, output, FIELDS, max_line_bytes, cfg.max_retries,
                   os.environ.get(KILL_ENV) or None)
         rows = [{"shard": s.index, "spec": s.spec()} for s in todo]
-        for row in run_pool(ray, rows, job, cfg, sum(s.size for s in todo), progress, "answer (ray)"):
-            stats.add(row)
+        with _manifest_taken_back(output):
+            for row in run_pool(ray, rows, job, cfg, sum(s.size for s in todo), progress, "answer (ray)"):
+                stats.add(row)
         fs, root = _filesystem(output)
         missing = [s.name for s in shards if not _whole(fs, f"{root}/{s.name}", s.size)]
         if missing:  # Ray reported every shard done: this is a bug, not a user error
