@@ -349,3 +349,25 @@ def test_a_build_that_fails_takes_back_the_parents_made_for_out(tmp_path, capsys
     with pytest.raises(DataError, match="the sources hold no words to index"):
         Collection.build([tmp_path / "punctuation.txt"], tmp_path / "new" / "idx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["punctuation.txt"]
+
+
+def test_arguments_that_are_not_paths_are_refused_by_name(tmp_path):
+    """Before: Index.load(None), Index.build(None, out) and Index.build([...], None) were Python's own TypeError,
+    naming nothing; a single path given as a str was read as one source a character, the first of them "/"."""
+    from spanqa.ask import Index
+
+    (tmp_path / "doc.txt").write_text("words to index")
+    doc, out = tmp_path / "doc.txt", tmp_path / "idx"
+    not_a_path = "must be a path (a str or os.PathLike), got"
+    not_a_list = "must be a list of paths (files and folders), got"
+    refused = [(lambda: Index.load(None), f"path {not_a_path} NoneType"),
+               (lambda: Collection.load(3), f"path {not_a_path} int"),
+               (lambda: Index.build(None, out), f"sources {not_a_list} NoneType"),
+               (lambda: Index.build(str(tmp_path), out), f"sources {not_a_list} str"),
+               (lambda: Index.build([doc, None], out), f"sources[1] {not_a_path} NoneType"),
+               (lambda: Index.build([doc], None), f"out {not_a_path} NoneType")]
+    for call, message in refused:
+        with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.txt"]
+    assert len(Index.build((doc,), out)) == 1  # any list of paths, each a str or an os.PathLike

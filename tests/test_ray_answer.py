@@ -220,3 +220,17 @@ def test_a_shard_that_keeps_killing_its_actor_stops_the_run(tmp_path):
     with pytest.raises(DataError, match="part-00007.jsonl was started 3 times .* --max-retries 2"):
         actor._count_attempt("part-00007.jsonl")
     actor._count_attempt("part-00008.jsonl")  # counted per shard
+
+
+def test_paths_that_are_not_paths_are_refused_by_name_before_ray_is_imported(tmp_path, monkeypatch):
+    """Before: answer_on_ray(None, out) was Python's own TypeError ('argument of type NoneType is not iterable'),
+    and an output of None one from deep in the run, after Ray had started and the input was read."""
+    from spanqa.errors import DataError
+    from spanqa.ray_answer import answer_on_ray
+
+    inp = write_files(tmp_path / "in", [2])[0][0]
+    monkeypatch.setitem(sys.modules, "ray", None)  # refused before Ray is needed
+    for args, name in (((None, str(tmp_path / "out")), "input_spec"), ((str(inp), None), "output")):
+        with pytest.raises(DataError, match=f"^{name} must be a path \\(a str or os.PathLike\\), got NoneType$"):
+            answer_on_ray(*args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -33,7 +33,7 @@ import re
 import shutil
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,7 @@ import numpy as np
 from spanqa.config import IndexConfig
 from spanqa.documents import Document, SourceFile, find_sources, read_source
 from spanqa.errors import DataError
-from spanqa.validation import missing_dirs, note_made, outputs_taken_back
+from spanqa.validation import check_path, missing_dirs, note_made, outputs_taken_back
 
 FORMAT, VERSION = "spanqa-index", 2  # 2: stems and title terms
 MANIFEST = "index.json"
@@ -241,6 +241,14 @@ def _make_tmp(tmp: Path, out: Path) -> None:
     note_made(made)
 
 
+def _checked_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    """`sources` as Paths; a single path (a str would be read as one source a character) or anything but paths is
+    refused by name, where Path() would raise Python's own TypeError naming nothing."""
+    if isinstance(sources, str | bytes | os.PathLike) or not isinstance(sources, Iterable):
+        raise DataError(f"sources must be a list of paths (files and folders), got {type(sources).__name__}")
+    return [check_path(s, f"sources[{i}]") for i, s in enumerate(sources)]
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another --out")
@@ -283,7 +291,7 @@ class Collection:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Collection:
         """Open an index folder; DataError (naming the folder or file) if it is not one this version reads."""
-        path = Path(path)
+        path = check_path(path, "path")
         manifest = _read_manifest(path)
         try:
             import bm25s
@@ -337,9 +345,9 @@ class Collection:
         unchanged source files when `out` already holds an index with the same settings. `last_build` on the
         result says what was done."""
         t0 = time.perf_counter()
-        out, config = Path(out), config or IndexConfig()
+        sources, out, config = _checked_sources(sources), check_path(out, "out"), config or IndexConfig()
         _check_out(out)
-        files = find_sources(list(sources), out)
+        files = find_sources(sources, out)
         old, reason = _previous(cls, out, config)
         report = BuildReport("built" if not (out / MANIFEST).exists() else "rebuilt" if old is None else "updated",
                              reason, sources=len(files))

@@ -48,7 +48,7 @@ from pathlib import Path
 from spanqa.batch_answer import FIELDS, Record, answer_line, bad_line, check_record, fingerprint, parse_line, read_lines
 from spanqa.config import MAX_CONTEXT_BYTES, TORCH_ENGINES, RayConfig, RunConfig
 from spanqa.errors import ConfigError, DataError, SpanqaError
-from spanqa.validation import Invalid, check_output, outputs_taken_back
+from spanqa.validation import Invalid, check_output, check_path, outputs_taken_back
 
 RAY_HINT = "--ray needs Ray: pip install 'spanqa[ray]'"
 MANIFEST = "spanqa-shards.json"
@@ -585,6 +585,13 @@ class RayStats:
 
 
 # ---- the commands -------------------------------------------------------------------------------------------------
+def _spec(value, name: str) -> str:
+    """A path or URI argument as a str; None or another non-path is refused by `name` (check_path), where it would be
+    Python's own TypeError. Not made a Path: that would fold the // of a URI."""
+    check_path(value, name)
+    return os.fspath(value)
+
+
 @outputs_taken_back()
 def answer_on_ray(input_spec: str, output: str, run: RunConfig = RunConfig(), cfg: RayConfig = RayConfig(),
                   address: str | None = None, top_k: int = 1, chunk: int = 512, batch_size: int = 32,
@@ -593,7 +600,8 @@ def answer_on_ray(input_spec: str, output: str, run: RunConfig = RunConfig(), cf
     """`spanqa answer --input SPEC --output DIR --ray [ADDRESS]`: every question of the input files, in shards of
     `chunk`, answered by `cfg.actors` reader actors; the shards' lines are the single-process path's records."""
     started = time.perf_counter()
-    need_ray()  # before any other check: without Ray, the one line that says how to install it
+    input_spec, output = _spec(input_spec, "input_spec"), _spec(output, "output")
+    need_ray()  # before any check of the input: without Ray, the one line that says how to install it
     sources = input_files(input_spec)
     stats = RayStats(cfg.actors)
     with ray_session(address, cfg) as ray:
