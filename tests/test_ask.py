@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -179,6 +180,32 @@ def test_numpy_integer_counts_ask_as_plain_ints(index, tmp_path):
                            batch_size=np.int64(4), progress=False)
     index.ask_file(inp, tmp_path / "b.jsonl", passages=3, top_k=2, chunk=2, batch_size=4, progress=False)
     assert stats.answered == 5 and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_per_question_counts_may_be_a_numpy_array(index):
+    """Before: `ask_many(qs, passages=np.array([...]))` was refused ('passages must be an integer of at least 1'),
+    while the probabilities flags took an array. Now a 1-D integer array is taken as a list is: its counts reach the
+    search as ints; a wrong length or shape, or a value that is not a count, is still refused by name."""
+    import numpy as np
+
+    from spanqa.errors import ConfigError
+
+    searched = []
+    search = index.search
+    index.search = lambda q, k: searched.append(k) or search(q, k)
+    questions = QUESTIONS[:3]
+    got = index.ask_many(questions, passages=np.array([3, 1, 2]), top_k=np.array([2, 1, 3], dtype=np.int32))
+    assert searched == [3, 1, 2] and all(type(k) is int for k in searched)
+    want = index.ask_many(questions, passages=[3, 1, 2], top_k=[2, 1, 3])
+    assert [r.to_dict() for r in got] == [r.to_dict() for r in want]
+    for kwargs, message in [({"passages": np.array([3, 1])}, "passages: 2 values for 3 questions"),
+                            ({"top_k": np.array([[1, 2, 3]])}, "top_k must be one count or a 1-D array of 3 counts, "
+                                                               "got a 2-D array"),
+                            ({"passages": np.array([3, 0, 2])}, "passages[1] must be an integer of at least 1, got"),
+                            ({"top_k": np.array([1.0, 2.0, 3.0])}, "top_k[0] must be an integer of at least 1, got"),
+                            ({"top_k": "2"}, "top_k must be an integer of at least 1, got '2'")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            index.ask_many(questions, **kwargs)
 
 
 def test_ask_file_names_a_path_that_is_not_a_path(index, tmp_path):

@@ -47,6 +47,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from spanqa.batch_answer import AnswerFileStats, stream_file
 from spanqa.collection import Collection, Passage
 from spanqa.config import AskConfig
@@ -175,7 +177,7 @@ class Index(Collection):
                  top_k: int | Sequence[int] = 1,
                  probabilities: bool | Sequence[bool] = False, batch_size: int = 32) -> list[AskResult]:
         """Answer many questions; the passages of all of them are read in shared batches. `passages`, `top_k`
-        and `probabilities` are one value for all questions, or one per question."""
+        and `probabilities` are one value for all questions, or one per question (a list or a 1-D numpy array)."""
         n = len(_checked_questions(questions))
         ks, tops = (_per_question(v, n, name) for v, name in ((passages, "passages"), (top_k, "top_k")))
         probs = check_flags(probabilities, n)
@@ -223,7 +225,12 @@ def _checked_questions(questions: Sequence[str]) -> Sequence[str]:
 
 
 def _per_question(value, n: int, name: str) -> list[int]:
-    values = list(value) if isinstance(value, Sequence) else [value] * n
-    if len(values) != n:
-        raise ConfigError(f"{name}: {len(values)} values for {n} questions")
-    return [check_counts(ConfigError, **{name: v})[0] for v in values]
+    """One count for all `n` questions, or one each: a list, a tuple or a 1-D integer numpy array (as the
+    probabilities flags take arrays); a wrong length, or a value that is not a count, is refused by name."""
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise ConfigError(f"{name} must be one count or a 1-D array of {n} counts, got a {value.ndim}-D array")
+    if not isinstance(value, np.ndarray | Sequence) or isinstance(value, str | bytes):
+        return [check_counts(ConfigError, **{name: value})[0]] * n
+    if len(value) != n:
+        raise ConfigError(f"{name}: {len(value)} values for {n} questions")
+    return [check_counts(ConfigError, **{f"{name}[{i}]": v})[0] for i, v in enumerate(value)]
