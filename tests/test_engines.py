@@ -292,8 +292,9 @@ def test_torch_bf16_is_torch_in_bf16_on_the_cpu(tiny_reader, monkeypatch):
 
 
 def test_torch_bf16_follows_weights_changed_in_place(tiny_reader):
-    """The CPU bf16 engine holds a bf16 copy of the encoder: a weight changed in place afterwards (an optimiser step
-    between evaluations) is in the next answer, as a fresh engine has it, and the reader's own model stays fp32."""
+    """The CPU bf16 engine holds a bf16 copy of the encoder: a weight changed afterwards, in place (an optimiser step
+    between evaluations) or by swapping its storage, is in the next answer, as a fresh engine has it, and the reader's
+    own model stays fp32."""
     import torch
 
     batch = a_batch(tiny_reader)
@@ -309,9 +310,11 @@ def test_torch_bf16_follows_weights_changed_in_place(tiny_reader):
         assert not np.array_equal(after, before)
         assert np.array_equal(after, fresh)
         assert all(p.dtype == torch.float32 for p in tiny_reader.model.parameters())
+        param.data = saved * 0.5  # other storage, same version counter
+        assert np.array_equal(engine(batch)[0], TorchEngine(tiny_reader.model, bf16=True)(batch)[0])
+        assert not np.array_equal(engine(batch)[0], after)
     finally:
-        with torch.no_grad():
-            param.copy_(saved)
+        param.data = saved
     assert np.array_equal(engine(batch)[0], before)
 
 

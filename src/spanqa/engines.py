@@ -97,7 +97,7 @@ class TorchEngine:
     def __init__(self, model: SpanModel, bf16: bool = False):
         self.model, self.bf16 = model, bf16
         self._held: SpanModel | None = None
-        self._held_of: tuple[int, ...] = ()
+        self._held_of: tuple[tuple[int, int], ...] = ()
         dev = next(model.parameters()).device
         if bf16 and dev.type == "cpu" and not cpu_has_fast_bf16():
             warnings.warn("torch-bf16: this CPU has no AMX or AVX-512 BF16 instructions, so bf16 runs slower than "
@@ -116,11 +116,12 @@ class TorchEngine:
         return begin.float().cpu().numpy(), end.float().cpu().numpy()
 
     def held_bf16(self) -> SpanModel:
-        """The model with its encoder in bf16, made again whenever a weight changed in place since (training between
-        evaluations, a load_state_dict): the tensors' version counters say so without reading the weights."""
+        """The model with its encoder in bf16, made again whenever a weight changed since: in place (training between
+        evaluations, a load_state_dict), which bumps the tensor's version counter, or swapped for other storage
+        (`p.data = ...`, which does not); both are read without reading the weights."""
         import torch
 
-        versions = tuple(p._version for p in self.model.parameters())
+        versions = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
         if self._held is None or versions != self._held_of:
             with torch.no_grad():
                 self._held = copy.deepcopy(self.model).eval()
