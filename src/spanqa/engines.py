@@ -87,10 +87,10 @@ def need_onnx() -> None:
 
 # ---- the runtime ---------------------------------------------------------------------------------------------------
 class TorchEngine:
-    """The SpanModel in PyTorch on the model's device, numpy in, numpy out. bf16: autocast on a GPU; on a CPU
-    (`bf16`), a copy of the encoder held in bf16, which answered 1.21x faster than autocast on the 2-core Xeon (AMX),
-    since autocast casts every weight again on every forward pass (500 dev questions, 4 alternating rounds: 88.5 q/s
-    against 72.9; F1 -0.09). The heads stay fp32."""
+    """The SpanModel in PyTorch on the model's device, numpy in, numpy out. bf16: autocast on a GPU (and on mps with
+    `bf16`); on a CPU with `bf16`, a copy of the encoder held in bf16, which answered 1.21x faster than autocast on the
+    2-core Xeon (AMX), since autocast casts every weight again on every forward pass (500 dev questions, 4 alternating
+    rounds: 88.5 q/s against 72.9; F1 -0.09). The heads stay fp32."""
 
     batch_tokens = 4096  # padded tokens per forward pass (Reader.max_batch_tokens)
 
@@ -110,8 +110,9 @@ class TorchEngine:
         args = (torch.from_numpy(batch[k]).to(dev) for k in ("input_ids", "attention_mask", "span_mask",
                                                               "token_type_ids"))
         held = self.bf16 and dev.type == "cpu"
+        autocast = (self.bf16 or dev.type == "cuda") and not held  # as before the held copy, off the CPU (mps too)
         model = self.held_bf16() if held else self.model
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             begin, end = model(*args)
         return begin.float().cpu().numpy(), end.float().cpu().numpy()
 
