@@ -13,22 +13,23 @@ high end_right_begin_wrong: look at the begin head.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from spanqa.calibration import Calibration, best_threshold, ece, features, fit, reliability_diagram
 from spanqa.data import Dataset, Example
-from spanqa.errors import DataError
 from spanqa.formatting import tokenize
 from spanqa.metric import compute_exact, compute_f1, evaluate_v1, evaluate_v2
 from spanqa.reader import Prediction, Reader
-from spanqa.validation import check_output, outputs_taken_back
+from spanqa.validation import atomic_file, check_output, outputs_taken_back
 
 OUT_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json", "reliability.png")  # in out_dir
 
@@ -161,25 +162,28 @@ def _warn_cannot_abstain(reader: Reader, path, examples: Sequence[Example]) -> N
 
 
 def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
-    """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png."""
+    """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png.
+
+    Each is written beside its name first (validation.atomic_file), and they are renamed in a row once all are
+    whole: a failure while making any of them leaves --out as it was found; the files a failed command created are
+    taken back by the enclosing `outputs_taken_back`."""
     out.mkdir(parents=True, exist_ok=True)
-    na = null_odds(examples, preds)
-    try:
-        reliability_diagram([t[1] for t in tops], [t[2] for t in tops], out / "reliability.png",
-                            title=Path(str(metrics.get("data", ""))).name)
-    except ImportError:
+    drawn = importlib.util.find_spec("matplotlib") is not None
+    if not drawn:
         metrics["reliability_diagram"] = "not drawn: needs matplotlib (pip install 'spanqa[serve]')"
-    files = {"predictions.json": json.dumps({ex.id: t[0] for ex, t in zip(examples, tops, strict=True)},
+    texts = {"predictions.json": json.dumps({ex.id: t[0] for ex, t in zip(examples, tops, strict=True)},
                                             ensure_ascii=False, indent=1),
              "nbest.json": json.dumps({ex.id: [a.as_dict() for a in p.answers]
                                        for ex, p in zip(examples, preds, strict=True)}, ensure_ascii=False),
-             "null_odds.json": json.dumps(na),
+             "null_odds.json": json.dumps(null_odds(examples, preds)),
              "metrics.json": json.dumps(metrics, indent=2) + "\n"}
-    for name, text in files.items():
-        try:
-            (out / name).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"{out / name}: cannot write ({e.strerror or e})") from None
+    with ExitStack() as files:  # on leaving: each renamed into place, the last entered first; on a failure, none
+        if drawn:
+            reliability_diagram([t[1] for t in tops], [t[2] for t in tops],
+                                files.enter_context(atomic_file(out / "reliability.png")),
+                                title=Path(str(metrics.get("data", ""))).name)
+        for name, text in texts.items():
+            files.enter_context(atomic_file(out / name)).write_text(text, encoding="utf-8")
 
 
 def _warn_one_kind(path, unanswerable: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from spanqa.config import NegativesConfig
 from spanqa.errors import DataError
 from spanqa.metric import normalize_answer
-from spanqa.validation import check_file, check_output, open_text, outputs_taken_back, same_file
+from spanqa.validation import check_file, check_output, open_text, outputs_taken_back, same_file, write_atomic
 
 KINDS = ("sentence_removed", "entity_swapped", "nearest_paragraph", "antonym_swapped", "negated")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -309,13 +309,10 @@ def _check_outputs(cfg: NegativesConfig) -> None:
 
 
 def _write(path: str, articles: list[dict]) -> None:
-    """Write atomically: a kill never leaves half a file under the final name."""
+    """Write atomically: a kill never leaves half a file under the final name (validation.atomic_file)."""
     import gzip
-    import os
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps({"version": "v2.0", "data": articles}, ensure_ascii=False).encode()
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(gzip.compress(raw, mtime=0) if out.suffix == ".gz" else raw)
-    os.replace(tmp, out)
+    write_atomic(out, gzip.compress(raw, mtime=0) if out.suffix == ".gz" else raw)

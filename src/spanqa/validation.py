@@ -5,7 +5,8 @@ A bad field raises `Invalid(field, reason)`; each caller says where it was (file
 in its own one-line error, so the same input gets the same words everywhere. Files are read with a stated size limit
 (an endless input such as /dev/zero stops with a message, not out of memory), and every path a command writes goes
 through `check_output` before any work, so an output never overwrites an input, however the two are spelled; the
-directories made for it are taken back if the work then fails (`outputs_taken_back`).
+directories made for it, and the files the work created (written whole or not at all: `atomic_file`), are taken back
+if the work then fails (`outputs_taken_back`).
 """
 
 from __future__ import annotations
@@ -205,35 +206,91 @@ def _refuse(made: list[Path], message: str) -> DataError:
     return DataError(message)
 
 
-# the directories made for outputs inside the innermost `outputs_taken_back`, in the order they were made
-_made_for_outputs: ContextVar[list[Path] | None] = ContextVar("spanqa_made_for_outputs", default=None)
+# what was made for outputs inside the innermost `outputs_taken_back`, in the order it was made: (path, is a file)
+_made_for_outputs: ContextVar[list[tuple[Path, bool]] | None] = ContextVar("spanqa_made_for_outputs", default=None)
 
 
 def note_made(made: list[Path]) -> None:
     """Hand directories made for an output (deepest first) to the enclosing `outputs_taken_back`, if any."""
     taken = _made_for_outputs.get()
     if taken is not None:
-        taken.extend(reversed(made))
+        taken.extend((p, False) for p in reversed(made))
+
+
+def note_created(path: Path) -> None:
+    """Hand a file this run creates (there was none at `path`) to the enclosing `outputs_taken_back`, if any."""
+    taken = _made_for_outputs.get()
+    if taken is not None:
+        taken.append((Path(path), True))
+
+
+def keep_created(*paths: Path) -> None:
+    """Files handed to `note_created` that now stay if the work fails: a resumable output holding answers."""
+    taken = _made_for_outputs.get()
+    if taken is not None:
+        taken[:] = [(p, is_file) for p, is_file in taken if not (is_file and p in paths)]
+
+
+def _take_back(made: Iterable[tuple[Path, bool]]) -> None:
+    """Remove the files created and the directories made (the ones still empty), in the order given."""
+    for p, is_file in made:
+        if not is_file:
+            _remove_made([p])
+        elif not p.is_dir():
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 @contextmanager
 def outputs_taken_back() -> Iterator[None]:
     """Outputs are checked, and their directories made, before the work, so a run is never lost to an output that
-    cannot be written; if the work in this `with` then fails (a model not found, a bad record, an interrupt), the
-    directories made for its outputs are taken back, newest first, the ones still empty: a failed command leaves no
-    new directory behind. What the work wrote stays (a resumable run's output, a training's checkpoints)."""
-    made: list[Path] = []
+    cannot be written; if the work in this `with` then fails (a model not found, a bad record, an interrupt), what
+    was made for its outputs is taken back, newest first: the files it created (`atomic_file`, `note_created`),
+    then the directories still empty. A failed command leaves no new file or directory behind; files that were there
+    before are left as found, and so is what the work chose to keep (`keep_created`: a resumable run's output; a
+    training's checkpoints, never noted)."""
+    made: list[tuple[Path, bool]] = []
     token = _made_for_outputs.set(made)
     try:
         yield
     except BaseException:
-        _remove_made(reversed(made))
+        _take_back(reversed(made))
         raise
     finally:
         _made_for_outputs.reset(token)
     outer = _made_for_outputs.get()
     if outer is not None:  # a failure after the inner work succeeded takes them back too
         outer.extend(made)
+
+
+@contextmanager
+def atomic_file(path: str | Path, what: str = "", keep: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` (the same suffix, for writers that go by it) for the `with` to write; renamed
+    to `path` when the `with` ends, removed if it fails: `path` holds the file it held or the whole new one, never
+    half of one. An OSError is a DataError naming `path` (`what`: the file in words). A file new at `path` is taken
+    back if the work of the enclosing `outputs_taken_back` then fails, unless `keep` (a cache for a resumed run)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    new = not os.path.lexists(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        _take_back([(tmp, True)])
+        if isinstance(e, OSError):
+            raise DataError(f"{path}: cannot write{' ' + what if what else ''} ({e.strerror or e})") from None
+        raise
+    if new and not keep:
+        note_created(path)
+
+
+def write_atomic(path: str | Path, data: str | bytes, what: str = "") -> Path:
+    """`data` (a str as UTF-8) into the file `path`, by `atomic_file`."""
+    with atomic_file(path, what) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path | None] = (),

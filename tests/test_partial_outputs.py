@@ -1,0 +1,99 @@
+"""A failed command leaves nothing half-written: result files are whole or absent, and the files a failed command
+created are taken back (validation.atomic_file, outputs_taken_back); files that were there before stay."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from spanqa.cli import main
+from spanqa.validation import outputs_taken_back
+
+Q = "Who wrote Pride and Prejudice?"
+CONTEXT = "Pride and Prejudice is an 1813 novel of manners written by Jane Austen."
+
+
+def squad_file(path: Path, n: int = 4) -> Path:
+    paras = []
+    for i in range(n):
+        ctx = f"Item {i} is kept in room {100 + i}. The keeper of item {i} is named Keeper{i}."
+        paras.append({"context": ctx, "qas": [{"id": f"q{i}", "question": f"Which room keeps item {i}?",
+                                               "answers": [{"text": f"room {100 + i}",
+                                                            "answer_start": ctx.index("room")}]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}))
+    return path
+
+
+def listing(d: Path) -> dict[str, bytes | None]:
+    """Every entry under `d` (a directory as None, a file as its bytes): what a failed command must leave as found."""
+    return {str(p.relative_to(d)): None if p.is_dir() else p.read_bytes() for p in sorted(d.rglob("*"))}
+
+
+def one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def fail_writing(monkeypatch, name: str) -> None:
+    """Path.write_text of a file called `name` (or its temporary twin) writes a few bytes, then the disk is full."""
+    real = Path.write_text
+    stem = name.split(".")[0]
+
+    def write_text(self, text, *args, **kwargs):
+        if self.name == name or self.name.startswith(f".{stem}.tmp"):
+            real(self, text[:5], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("failing", ["null_odds.json", "metrics.json"])
+def test_evaluate_failing_mid_write_leaves_out_as_found(tiny_model_dir, tmp_path, capsys, monkeypatch, failing):
+    data, out = squad_file(tmp_path / "d.json"), tmp_path / "ev"
+    out.mkdir()
+    (out / "predictions.json").write_text("an older run's\n")
+    (out / "notes.txt").write_text("mine\n")
+    before = listing(out)
+    fail_writing(monkeypatch, failing)
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                 "--no-progress"]) == 2
+    one_line_error(capsys, f"{out / failing}: cannot write (No space left on device)")
+    assert listing(out) == before  # no result, no half a result, no temporary file; the old file untouched
+
+
+def test_evaluate_with_a_directory_where_a_result_goes_writes_none_of_them(tiny_model_dir, tmp_path, capsys):
+    data, out = squad_file(tmp_path / "d.json"), tmp_path / "ev"
+    (out / "metrics.json").mkdir(parents=True)
+    before = listing(out)
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                 "--no-progress"]) == 2
+    one_line_error(capsys, f"{out / 'metrics.json'}: cannot write")
+    assert listing(out) == before
+
+
+def test_evaluate_results_are_taken_back_when_the_command_then_fails(tiny_reader, tmp_path):
+    from spanqa.data import load_dataset
+    from spanqa.evaluation import OUT_FILES, evaluate
+
+    data = load_dataset(squad_file(tmp_path / "d.json"))
+    new, old = tmp_path / "new" / "ev", tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text("{}")
+    for out in (new, old):
+        with pytest.raises(KeyboardInterrupt), outputs_taken_back():
+            evaluate(tiny_reader, data, out_dir=out)
+            assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES)  # all written, whole
+            raise KeyboardInterrupt  # then the command fails (an interrupt while printing the metrics)
+    assert not (tmp_path / "new").exists()  # the files it created, then the directories made for them
+    assert [p.name for p in old.iterdir()] == ["metrics.json"]  # a file that was there before stays
+    assert json.loads((old / "metrics.json").read_text())["num_questions"] == 4
+    evaluate(tiny_reader, data, out_dir=new)  # and a run that does not fail keeps them all
+    assert sorted(p.name for p in new.iterdir()) == sorted(OUT_FILES)
