@@ -97,3 +97,41 @@ def test_evaluate_results_are_taken_back_when_the_command_then_fails(tiny_reader
     assert json.loads((old / "metrics.json").read_text())["num_questions"] == 4
     evaluate(tiny_reader, data, out_dir=new)  # and a run that does not fail keeps them all
     assert sorted(p.name for p in new.iterdir()) == sorted(OUT_FILES)
+
+
+# ---- explain ----------------------------------------------------------------------------------------------------
+def test_explain_failing_mid_save_leaves_no_chart(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "charts" / "c.png"
+    assert main(["explain", "--model", str(tiny_model_dir), "--question", Q, "--context", CONTEXT, "--out",
+                 str(out), "--no-progress"]) == 2
+    one_line_error(capsys, f"{out}: cannot write the chart (No space left on device)")
+    assert listing(tmp_path) == {}  # no chart, no temporary file, no directory made for it
+    old = tmp_path / "old.png"
+    old.write_bytes(b"an older chart")
+    assert main(["explain", "--model", str(tiny_model_dir), "--question", Q, "--context", CONTEXT, "--out",
+                 str(old), "--no-progress"]) == 2
+    assert listing(tmp_path) == {"old.png": b"an older chart"}
+
+
+def test_a_new_chart_is_taken_back_when_the_command_then_fails(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import spanqa.explain
+
+    real = spanqa.explain.explain
+
+    def explain_then_interrupt(*args, **kwargs):
+        answer, path = real(*args, **kwargs)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spanqa.explain, "explain", explain_then_interrupt)
+    out = tmp_path / "charts" / "c.png"
+    assert main(["explain", "--model", str(tiny_model_dir), "--question", Q, "--context", CONTEXT, "--out",
+                 str(out), "--no-progress"]) == 130
+    assert listing(tmp_path) == {}

@@ -22,6 +22,7 @@ import numpy as np
 
 from spanqa.errors import SpanqaError
 from spanqa.scoring import TokenProbs
+from spanqa.validation import atomic_file
 
 CHART_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -85,9 +86,8 @@ def plot_probabilities(tp: TokenProbs, out: str | Path, question: str = "", span
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(out)
-    except OSError as e:
-        raise SpanqaError(f"{out}: cannot write the chart ({e.strerror or e})") from None
+        with atomic_file(out, "the chart") as tmp:  # whole or not at all; a new chart taken back on a failure
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
     return out
