@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spanqa.cli import main
+from spanqa.errors import DataError
 from spanqa.validation import outputs_taken_back
 
 Q = "Who wrote Pride and Prejudice?"
@@ -135,3 +136,93 @@ def test_a_new_chart_is_taken_back_when_the_command_then_fails(tiny_model_dir, t
     assert main(["explain", "--model", str(tiny_model_dir), "--question", Q, "--context", CONTEXT, "--out",
                  str(out), "--no-progress"]) == 130
     assert listing(tmp_path) == {}
+
+
+# ---- answer --input and ask --input -----------------------------------------------------------------------------
+def write_questions(path: Path, n: int, context: bool = True) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What of Jane Austen, {i}?",
+                                        **({"context": CONTEXT} if context else {})}) + "\n" for i in range(n)))
+    return path
+
+
+def failing_after(calls: int, answer):
+    """`answer`, that fails (as an engine error would) on its call number `calls` + 1."""
+    done = []
+
+    def fail(*args, **kwargs):
+        if len(done) == calls:
+            raise DataError("the engine failed")
+        done.append(1)
+        return answer(*args, **kwargs)
+
+    return fail
+
+
+def test_answer_input_failing_in_the_first_chunk_leaves_no_output(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from spanqa.reader import Reader
+
+    inp = write_questions(tmp_path / "q.jsonl", 5)
+    monkeypatch.setattr(Reader, "predict", failing_after(0, Reader.predict))
+    out = tmp_path / "new" / "a.jsonl"
+    argv = ["answer", "--model", str(tiny_model_dir), "--engine", "torch", "--input", str(inp), "--no-progress",
+            "--chunk", "2"]
+    assert main([*argv, "--output", str(out)]) == 2
+    one_line_error(capsys, "the engine failed")
+    assert listing(tmp_path) == {"q.jsonl": inp.read_bytes()}  # no answers file, no log, no directory
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")  # an output that was there before stays as found; the log this run began goes
+    assert main([*argv, "--output", str(empty)]) == 2
+    assert listing(tmp_path) == {"empty.jsonl": b"", "q.jsonl": inp.read_bytes()}
+
+
+@pytest.fixture()
+def asker(tmp_path, tiny_reader):
+    """(Index with the tiny reader, questions file) for `ask --input`."""
+    from spanqa.ask import Index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "d.txt").write_text(CONTEXT)
+    index = Index.build([docs], tmp_path / "idx")
+    index.reader = tiny_reader
+    return index, write_questions(tmp_path / "q.jsonl", 5, context=False)
+
+
+def test_ask_input_failing_in_the_first_chunk_leaves_no_output(asker, tmp_path, monkeypatch):
+    index, inp = asker
+    monkeypatch.setattr(index, "ask_many", failing_after(0, index.ask_many))
+    out = tmp_path / "new" / "a.jsonl"
+    with pytest.raises(DataError, match="the engine failed"):
+        index.ask_file(inp, out, chunk=2, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["answer", "ask"])
+def test_a_failure_after_a_chunk_keeps_the_output_and_resumes_to_the_same_bytes(tmp_path, tiny_reader, asker,
+                                                                                command, monkeypatch):
+    from spanqa.batch_answer import answer_file
+
+    index, questions = asker
+    if command == "answer":
+        inp = write_questions(tmp_path / "qc.jsonl", 5)
+
+        def run(out):
+            return answer_file(tiny_reader, inp, out, chunk=2, progress=False)
+        owner, name = tiny_reader, "predict"
+    else:
+        def run(out):
+            return index.ask_file(questions, out, chunk=2, progress=False)
+        owner, name = index, "ask_many"
+    full = tmp_path / "full.jsonl"
+    run(full)
+    out = tmp_path / "new" / "a.jsonl"
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, failing_after(1, real))
+    with pytest.raises(DataError, match="the engine failed"):
+        run(out)
+    assert len(out.read_text().splitlines()) == 2  # the first chunk stays, to be resumed
+    assert len((tmp_path / "new" / "a.jsonl.spanqa").read_text().splitlines()) == 1 + 2
+    monkeypatch.setattr(owner, name, real)
+    assert run(out).answered == 3
+    assert out.read_bytes() == full.read_bytes()
+    assert (tmp_path / "new" / "a.jsonl.spanqa").read_bytes() == (tmp_path / "full.jsonl.spanqa").read_bytes()

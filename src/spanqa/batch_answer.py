@@ -11,8 +11,10 @@ Memory is bounded: records are read and answered `chunk` at a time, and only the
 answered ones and catch duplicates); a line longer than `max_line_bytes` stops the run. Each chunk's lines are
 appended, flushed and fsynced before the next chunk, so a killed run loses at most one chunk. Re-running the same
 command resumes: ids already in the output are skipped, and a partial last line (the process was killed mid-write) is
-cut off and its question answered again. A first pass validates every line, so a bad line is reported (file, line,
-field) before any work, or, with `skip_invalid`, counted and skipped; that pass also sizes the progress bar.
+cut off and its question answered again. A run that fails before its first chunk is on disk (a model that cannot
+answer, an interrupt) takes back the output and log files it created: nothing answered, nothing left behind. A first
+pass validates every line, so a bad line is reported (file, line, field) before any work, or, with `skip_invalid`,
+counted and skipped; that pass also sizes the progress bar.
 
 Resuming only ever continues spanqa's own output for the same questions. Next to `answers.jsonl`, spanqa keeps
 `answers.jsonl.spanqa`: a header line, then `[id, fingerprint]` for every question it answers (written before the
@@ -47,6 +49,8 @@ from spanqa.validation import (
     check_path,
     check_text,
     json_error,
+    keep_created,
+    note_created,
     outputs_taken_back,
 )
 
@@ -332,6 +336,9 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
 
     stats = p.stats
     bar = tqdm(total=p.todo, unit="q", desc="answer", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    for f in (p.output, p.log):  # new files are taken back if the run fails before its first chunk is on disk
+        if not f.exists():
+            note_created(f)
     with open(p.output, "a", encoding="utf-8") as out, open(p.log, "a", encoding="utf-8") as log:
         if log.tell() == 0:
             _append(log, [json.dumps(LOG_HEADER) + "\n"])
@@ -340,6 +347,7 @@ def run_plan(answer: Callable[[list[Record]], list], p: Plan, top_k: int = 1, ch
         def flush() -> None:
             _write_chunk(out, log, [r[0] for r in records], [fingerprint(*r[1:]) for r in records], answer(records),
                          top_k)
+            keep_created(p.output, p.log)  # answers on disk: the output stays, to be resumed
             stats.answered += len(records)
             bar.update(len(records))
             records.clear()
