@@ -226,3 +226,29 @@ def test_a_failure_after_a_chunk_keeps_the_output_and_resumes_to_the_same_bytes(
     assert run(out).answered == 3
     assert out.read_bytes() == full.read_bytes()
     assert (tmp_path / "new" / "a.jsonl.spanqa").read_bytes() == (tmp_path / "full.jsonl.spanqa").read_bytes()
+
+
+# ---- the teacher file -------------------------------------------------------------------------------------------
+def test_save_targets_failing_mid_write_leaves_no_temporary_file(tiny_reader, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    from spanqa.data import Example
+    from spanqa.distill import save_targets, teach
+
+    targets = teach(tiny_reader, [Example("q0", Q, CONTEXT)], meta={"teacher": "tiny"})
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a teacher file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = safetensors.numpy.save_file
+    monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+    with pytest.raises(DataError, match="t.safetensors: cannot write the teacher file .No space left on device."):
+        save_targets(targets, tmp_path / "t.safetensors")
+    assert listing(tmp_path) == {}
+    monkeypatch.setattr(safetensors.numpy, "save_file", real)
+    for keep in (False, True):  # a command that fails after it: the file is taken back, unless training keeps it
+        with pytest.raises(KeyboardInterrupt), outputs_taken_back():
+            save_targets(targets, tmp_path / "t.safetensors", keep=keep)
+            raise KeyboardInterrupt
+        assert (tmp_path / "t.safetensors").exists() == keep

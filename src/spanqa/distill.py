@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from spanqa.data import Example
 from spanqa.errors import DataError
 from spanqa.formatting import Window
 from spanqa.reader import Reader
-from spanqa.validation import umask_mode
+from spanqa.validation import atomic_file, umask_mode
 
 FORMAT = "spanqa-teacher-1"
 ARRAYS = ("keys", "context_of", "ctx_ptr", "offsets", "ex_ptr", "begin", "end")
@@ -119,17 +118,17 @@ def _log_odds(tp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return offs, b.astype(np.float32), e.astype(np.float32)
 
 
-def save_targets(targets: TeacherTargets, path: str | Path) -> Path:
-    """Write a teacher file (safetensors: the arrays, and `meta` as JSON), atomically: a temporary file renamed."""
+def save_targets(targets: TeacherTargets, path: str | Path, keep: bool = False) -> Path:
+    """Write a teacher file (safetensors: the arrays, and `meta` as JSON), atomically: a temporary file renamed, or
+    removed if the write fails. `keep`: a new file stays even if the command then fails (training keeps it for an
+    exact resume); otherwise the enclosing `outputs_taken_back` takes it back."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     arrays = {k: np.ascontiguousarray(getattr(targets, k)) for k in ARRAYS}
-    save_file(arrays, str(tmp), metadata={"spanqa_teacher": json.dumps(targets.meta)})
-    umask_mode([tmp])
-    os.replace(tmp, path)
-    return path
+    with atomic_file(path, "the teacher file", keep=keep) as tmp:
+        save_file(arrays, str(tmp), metadata={"spanqa_teacher": json.dumps(targets.meta)})
+        umask_mode([tmp])
+    return Path(path)
 
 
 def load_targets(path: str | Path) -> TeacherTargets:

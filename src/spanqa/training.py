@@ -497,7 +497,7 @@ def teacher_targets(cfg: TrainConfig, out: Path, examples: list[Example], ckpt: 
                             meta={"teacher": src, "teacher_base": teacher.config.base, "data": cfg.train})
     del teacher
     if env.main:
-        distill.save_targets(targets, kept)
+        distill.save_targets(targets, kept, keep=True)  # a resume after a failure reads it
     return targets
 
 
