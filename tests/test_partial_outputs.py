@@ -70,13 +70,13 @@ def test_evaluate_failing_mid_write_leaves_out_as_found(tiny_model_dir, tmp_path
     assert listing(out) == before  # no result, no half a result, no temporary file; the old file untouched
 
 
-def test_evaluate_with_a_directory_where_a_result_goes_writes_none_of_them(tiny_model_dir, tmp_path, capsys):
+def test_evaluate_with_a_directory_where_a_result_goes_is_refused_before_the_work(tiny_model_dir, tmp_path, capsys):
     data, out = squad_file(tmp_path / "d.json"), tmp_path / "ev"
     (out / "metrics.json").mkdir(parents=True)
     before = listing(out)
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
                  "--no-progress"]) == 2
-    one_line_error(capsys, f"{out / 'metrics.json'}: cannot write")
+    one_line_error(capsys, f"--out {out}: holds a directory metrics.json where a file is written")
     assert listing(out) == before
 
 

@@ -165,8 +165,9 @@ def write_outputs(out: Path, examples, preds, tops, metrics: dict) -> None:
     """predictions.json (the official format), nbest.json, null_odds.json, metrics.json, reliability.png.
 
     Each is written beside its name first (validation.atomic_file), and they are renamed in a row once all are
-    whole: a failure while making any of them leaves --out as it was found; the files a failed command created are
-    taken back by the enclosing `outputs_taken_back`."""
+    whole (check_output refused a directory at any of their names before the work): a failure while making any of
+    them leaves --out as it was found; the files a failed command created are taken back by the enclosing
+    `outputs_taken_back`."""
     out.mkdir(parents=True, exist_ok=True)
     drawn = importlib.util.find_spec("matplotlib") is not None
     if not drawn:

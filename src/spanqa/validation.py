@@ -301,7 +301,7 @@ def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path |
     inside `outputs_taken_back`; a directory where a file goes, or the reverse, is refused, as is a path spanqa may
     not write. No file written may be one of `inputs`, however the two are spelled: compared after the directories
     exist, by resolved path and by inode (`..` segments, symbolic and hard links). `writes` names the files a
-    directory output receives.
+    directory output receives; a directory at one of their names is refused too.
     """
     path = Path(path)
     where = f"{name} {path}" if name else str(path)
@@ -313,6 +313,9 @@ def check_output(path: str | Path, name: str = "", inputs: Iterable[str | Path |
     if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise _refuse(made, f"{where}: not writable (permission denied)")
     targets = [path, *(path / w for w in writes)] if directory else [path]
+    for t in (t for t in targets[1:] if t.is_dir()):  # found before the work, not when its results are renamed
+        raise _refuse(made, f"{where}: holds a directory {t.name} where a file is written; move it away or choose "
+                            f"another {name or 'output'}")
     for inp in (i for i in inputs if i is not None and Path(i).exists()):
         for t in (t for t in targets if same_file(t, inp)):
             what = "is the input" if t == path else f"holds the input as {t.name}"
