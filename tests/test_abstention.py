@@ -106,6 +106,14 @@ def test_holdout_splits_by_article(tmp_path):
     assert len(titles[1]) == 2 and len(titles[0]) == 8 and not titles[0] & titles[1]
 
 
+def test_a_small_set_still_holds_out_an_article(tmp_path):
+    """5 % of 3 articles rounded to none: --holdout-out got an empty set (which no command reads back)."""
+    src = squad_file(tmp_path / "train.json", copies=3)
+    report = mine(NegativesConfig(data=str(src), out=str(tmp_path / "t.json"), holdout=0.05,
+                                  holdout_out=str(tmp_path / "h.json")))
+    sizes = [len(json.loads((tmp_path / f).read_text())["data"]) for f in ("t.json", "h.json")]
+    assert sizes == [2, 1] and report.heldout_articles == 1
+
 def test_negatives_cli_says_where_the_questions_went(tmp_path, capsys):
     """With --holdout-out, the summary's counts cover both files: it named --out alone, as if all went there."""
     src = squad_file(tmp_path / "train.json", copies=10)
