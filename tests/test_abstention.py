@@ -106,6 +106,27 @@ def test_holdout_splits_by_article(tmp_path):
     assert len(titles[1]) == 2 and len(titles[0]) == 8 and not titles[0] & titles[1]
 
 
+def test_a_small_set_still_holds_out_an_article(tmp_path):
+    """5 % of 3 articles rounded to none: --holdout-out got an empty set (which no command reads back)."""
+    src = squad_file(tmp_path / "train.json", copies=3)
+    report = mine(NegativesConfig(data=str(src), out=str(tmp_path / "t.json"), holdout=0.05,
+                                  holdout_out=str(tmp_path / "h.json")))
+    sizes = [len(json.loads((tmp_path / f).read_text())["data"]) for f in ("t.json", "h.json")]
+    assert sizes == [2, 1] and report.heldout_articles == 1
+
+def test_negatives_cli_says_where_the_questions_went(tmp_path, capsys):
+    """With --holdout-out, the summary's counts cover both files: it named --out alone, as if all went there."""
+    src = squad_file(tmp_path / "train.json", copies=10)
+    out, held = tmp_path / "t.json", tmp_path / "h.json"
+    assert main(["negatives", "--data", str(src), "--out", str(out), "--holdout", "0.2", "--holdout-out",
+                 str(held)]) == 0
+    printed = capsys.readouterr()
+    report = json.loads(printed.out.splitlines()[0])
+    counts = [negatives_of(f) for f in (out, held)]
+    assert report["answerable"] == sum(len(g) for g, _ in counts) and all(g for g, _ in counts)
+    assert report["negatives_total"] == sum(len(n) for _, n in counts)
+    assert printed.err.rstrip().endswith(f"to {out} and {held} (2 article(s) held out there)"), printed.err
+
 def test_opposites_and_negation_refuse_what_the_paragraph_supports():
     ctx = "Kettleby station opened in 1862. It closed in 1964. The museum is run by Mary Holt."
     rng = random.Random(0)

@@ -145,3 +145,27 @@ def test_serve_skips_an_address_this_machine_lacks_as_uvicorn_does(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [lacking])
     with pytest.raises(SpanqaError, match="cannot listen there"):
         check_listen("localhost", 0)
+
+
+@pytest.mark.parametrize("command", ["answer", "evaluate", "train", "teach", "negatives", "calibrate", "serve",
+                                     "explain", "export", "index", "ask"])
+def test_help_names_no_empty_default_and_helps_every_flag(command, capsys):
+    """`train --help` showed `--base BASE ... (default: )` and `--teacher ... (default: )`; `--question` and
+    `--context` had no help at all."""
+    from spanqa.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    bare = [a.option_strings[-1] for a in sub._actions if not a.help]
+    assert not bare, f"{command}: flags without help: {bare}"
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "(default: )" not in capsys.readouterr().out
+
+def test_evaluate_names_every_file_it_wrote(tiny_model_dir, tmp_path, capsys):
+    data = squad_file(tmp_path / "dev.json")
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(ev), "--limit", "2",
+                 "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    written = sorted(p.name for p in ev.iterdir())
+    assert "null_odds.json" in written and last == f"wrote {', '.join(sorted(written, key=last.find))} to {ev}"

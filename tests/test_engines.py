@@ -240,6 +240,32 @@ def test_a_second_load_starts_from_the_cached_graph_alone(tiny_model_dir, tiny_r
     assert not isinstance(Reader.load(model, device="cpu", engine="torch").tokenizer, TokenizerJson)
 
 
+def test_a_model_loaded_by_a_relative_path_starts_fast_from_any_directory(tiny_model_dir, tmp_path, monkeypatch):
+    """The index names the tokenizer's directory absolutely: a model first loaded as `model` (relative) and then as
+    /abs/model from another directory starts from the cached graph, where the index's relative name pointed at a
+    directory without tokenizer.json and failed (`No such file or directory (os error 2)`)."""
+    import shutil
+
+    from spanqa.checkpoint import TokenizerJson
+    from spanqa.reader import Reader
+
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(tiny_model_dir, tmp_path / "here" / "model")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    want = Reader.load("model", device="cpu").answer(QUESTIONS[0], CONTEXT, top_k=3).to_dict()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    fast = Reader.load(tmp_path / "here" / "model", device="cpu")
+    assert isinstance(fast.tokenizer, TokenizerJson)
+    assert fast.answer(QUESTIONS[0], CONTEXT, top_k=3).to_dict() == want
+    # an index entry written with a relative tokenizer directory (before this fix) is a miss, not an error
+    for entry in (tmp_path / "cache" / "index").iterdir():
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "tokenizer": "model"}))
+    again = Reader.load(tmp_path / "here" / "model", device="cpu")
+    assert not isinstance(again.tokenizer, TokenizerJson)
+    assert again.answer(QUESTIONS[0], CONTEXT, top_k=3).to_dict() == want
+
+
 def test_the_cached_answer_path_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path):
     import subprocess
     import sys

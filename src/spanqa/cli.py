@@ -1,5 +1,5 @@
-"""Command line: `spanqa answer | train | teach | evaluate | serve | explain | export | index | ask` (also `python -m
-spanqa`).
+"""Command line: `spanqa answer | evaluate | train | teach | negatives | calibrate | serve | explain | export | index |
+ask` (also `python -m spanqa`).
 
 Flags, defaults and help come from the dataclasses in spanqa.config (`add_flags`), and so do the value checks
 (`build`), so the CLI and the Python API accept the same settings. User errors print one line,
@@ -56,7 +56,7 @@ def add_flags(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> No
             kw.update(type={"int": int, "float": float}.get(kind, str), default=default)
             if meta.get("required"):
                 kw["required"] = True
-            elif default is not None:
+            elif default not in (None, ""):  # "": the help says what stands in for it
                 kw["help"] += f" (default: {default})"
             for k in ("choices", "metavar"):
                 if k in meta:
@@ -205,9 +205,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for k in EVAL_KEYS:
         if k in metrics:
             v = metrics[k]
-            print(f"{k:24s} {v:.2f}" if isinstance(v, float) else f"{k:24s} {v}")
+            print(f"{k:26s} {v:.2f}" if isinstance(v, float) else f"{k:26s} {v}")
     if args.out:
-        print(f"wrote predictions.json, nbest.json, metrics.json to {args.out}")
+        written = [name for name in OUT_FILES if (Path(args.out) / name).exists()]
+        print(f"wrote {', '.join(written)} to {args.out}")
     return 0
 
 
@@ -299,8 +300,10 @@ def cmd_negatives(args: argparse.Namespace) -> int:
     report = mine(build(NegativesConfig, args)).to_dict()
     print(json.dumps(report))
     kinds = ", ".join(f"{k} {v}" for k, v in report["negatives"].items())
+    where = args.out if args.holdout_out is None else \
+        f"{args.out} and {args.holdout_out} ({report['heldout_articles']} article(s) held out there)"
     print(f"spanqa: wrote {report['answerable']} answerable and {report['negatives_total']} unanswerable questions "
-          f"({kinds}; {100 * report['unanswerable_share']:.1f} % unanswerable) to {args.out}", file=sys.stderr)
+          f"({kinds}; {100 * report['unanswerable_share']:.1f} % unanswerable) to {where}", file=sys.stderr)
     return 0
 
 
@@ -358,7 +361,7 @@ def _export(args: argparse.Namespace) -> None:
         meta = export_onnx(reader.model, args.out, int8=args.int8, extra={"reader": reader.config.to_dict()})
         reader.tokenizer.save_pretrained(args.out)
         fused = ", ".join(f"{k} {v}" for k, v in meta["fused_operators"].items()) or "none"
-        print(f"wrote {args.out}/model.onnx ({'int8' if args.int8 else 'fp32'}; fused operators: {fused})")
+        print(f"wrote {Path(args.out) / 'model.onnx'} ({'int8' if args.int8 else 'fp32'}; fused operators: {fused})")
 
 
 # ---- index and ask a collection ---------------------------------------------------------------------------------
@@ -410,9 +413,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 # ---- the parser ---------------------------------------------------------------------------------------------------
 def _question_flags(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--question", required=required)
+    p.add_argument("--question", required=required, help="the question")
     src = p.add_mutually_exclusive_group(required=required)
-    src.add_argument("--context")
+    src.add_argument("--context", help="the text to find the answer in")
     src.add_argument("--context-file", help="a UTF-8 text file, read as stored")
     add_flags(p, ContextLimits)
 
@@ -429,7 +432,8 @@ def add_commands(sub) -> None:
     add_flags(a, RunConfig)
     _question_flags(a, required=False)
     add_flags(a, AnswerConfig)
-    a.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool}')
+    a.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool} (and '
+                                                       '"p_no_answer" with a calibrated model)')
     a.add_argument("--input", help='JSONL of {"id", "question", "context"} lines (.gz ok): answer them all')
     a.add_argument("--output", help="with --input: the answers JSONL; running again resumes it (with --ray: a "
                                     "directory of shards)")
@@ -439,7 +443,8 @@ def add_commands(sub) -> None:
     e = sub.add_parser("evaluate", help="official SQuAD EM/F1 plus per-head diagnostics")
     add_flags(e, RunConfig)
     e.add_argument("--data", required=True, help="SQuAD JSON(.gz) or HF-layout JSONL(.gz)")
-    e.add_argument("--out", help="write predictions.json, nbest.json and metrics.json here")
+    e.add_argument("--out", help="write predictions.json, nbest.json, null_odds.json, metrics.json and "
+                                 "reliability.png here")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_flags(e, EvaluateConfig)
     _ray_flags(e, "the questions")
@@ -496,7 +501,7 @@ def add_collection_commands(sub) -> None:
 
     x = sub.add_parser("ask", help="answer questions from an index: retrieve passages, read them, rank the answers")
     x.add_argument("--index", required=True, help="a folder built by `spanqa index`")
-    x.add_argument("--question")
+    x.add_argument("--question", help="one question, answered from the index's passages")
     add_flags(x, RunConfig)
     add_flags(x, AskConfig)
     x.add_argument("--json", action="store_true", help='print {"answers": [...], "no_answer": bool, ...}')

@@ -158,8 +158,9 @@ class DistillConfig:
     """Knowledge distillation: the student learns the teacher's begin/end distributions as well as the gold span
     (see spanqa.distill). Loss = kd_weight * T^2 * KL(teacher || student) + (1 - kd_weight) * span loss."""
 
-    teacher: str = opt("", "teacher: a saved reader directory ('default': the shipped model), run on the training "
-                           "questions before the first step, or a file written by `spanqa teach`")
+    teacher: str = opt("", "teacher (default: none, no distillation): a saved reader directory ('default': the "
+                           "shipped model), run on the training questions before the first step, or a file written "
+                           "by `spanqa teach`")
     kd_weight: float = opt(0.5, "weight of the distillation loss; the span loss on the gold answer gets the rest")
     kd_temperature: float = opt(2.0, "softmax temperature of both distributions in the distillation loss")
 
@@ -272,7 +273,8 @@ class RayConfig:
 class ContextLimits:
     """How much of a context file `answer` and `explain` read (with --input: of one line)."""
 
-    max_context_bytes: int = opt(MAX_CONTEXT_BYTES, "largest --context-file, or --input line, read (bytes)")
+    max_context_bytes: int = opt(MAX_CONTEXT_BYTES, "largest --context-file (or `answer --input` line) read, in "
+                                                    "bytes")
 
     def __post_init__(self) -> None:
         at_least(self, "max_context_bytes", 1)
@@ -318,7 +320,8 @@ class NegativesConfig:
     ratio: float = opt(0.5, "chance that an answerable question gets a negative (0.5: about a third of the "
                             "questions unanswerable, as in SQuAD 2.0)")
     seed: int = opt(0, "seed of the choices (the same seed writes the same file)")
-    holdout: float = opt(0.05, "share of the articles held out, with their negatives, for tuning the threshold")
+    holdout: float = opt(0.05, "with --holdout-out: share of the articles held out, with their negatives, for tuning "
+                               "the threshold")
     holdout_out: str | None = opt(None, "write the held-out articles here (they are left out of --out)")
 
     def __post_init__(self) -> None:
@@ -402,7 +405,7 @@ class ServerSettings:
     """`spanqa serve`: the model, where to listen, and the API's limits."""
 
     run: RunConfig = opt(RunConfig())
-    host: str = opt("127.0.0.1", "address to bind (default: loopback only)")
+    host: str = opt("127.0.0.1", "address to bind (127.0.0.1: loopback, this machine only)")
     port: int = opt(8000, "port to listen on")
     threads: int | None = opt(None, "torch intra-op threads")
     log_level: str = opt("info", "uvicorn's log level", choices=("critical", "error", "warning", "info", "debug"))

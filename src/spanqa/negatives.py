@@ -283,6 +283,8 @@ def mine(cfg: NegativesConfig) -> Report:
     order = list(range(len(articles)))
     random.Random(cfg.seed).shuffle(order)
     n_hold = round(cfg.holdout * len(articles)) if cfg.holdout_out else 0
+    if cfg.holdout_out and cfg.holdout > 0:  # a few articles: at least one held out, at least one kept
+        n_hold = min(max(n_hold, 1), len(articles) - 1)
     held = set(order[:n_hold])
     report = Report(heldout_articles=n_hold)
     rng = random.Random(cfg.seed)

@@ -263,7 +263,7 @@ class Reader:
         kind = resolve_engine(engine, "cpu")
         files = checkpoint.inference_files(path) if kind not in TORCH_ENGINES else None
         hit = recall(files, int8=kind == "onnx-int8") if files else None
-        if hit is None:
+        if hit is None or not (Path(hit["tokenizer"]) / "tokenizer.json").is_file():  # old entries: relative
             return None
         reader = cls.__new__(cls)  # a Reader whose torch model and device come on first use (the properties above)
         reader._model, reader._device, reader._path = None, None, path
@@ -283,7 +283,7 @@ class Reader:
         tokenizer_dir = files[-1].parent
         if checkpoint.same_backend(self.tokenizer, tokenizer_dir):
             remember(files, self.engine_name == "onnx-int8", self.engine.graph.parent,
-                     {"tokenizer": str(tokenizer_dir), "pad_token_id": self.tokenizer.pad_token_id,
+                     {"tokenizer": str(tokenizer_dir.resolve()), "pad_token_id": self.tokenizer.pad_token_id,
                       "model_max_length": getattr(self.tokenizer, "model_max_length", None)})
 
     def save(self, path: str | os.PathLike) -> None:
