@@ -109,14 +109,20 @@ def test_without_dropout_bf16_training_takes_the_hand_computation_and_everything
         g = torch.Generator().manual_seed(4)
         return [torch.randn(2, 4, 9, 8, generator=g).to(dtype).requires_grad_(grad) for _ in range(3)]
 
-    def hand(q, k, v):
-        scores = (q @ k.transpose(2, 3) * 8 ** -0.5).masked_fill(~pad, torch.finfo(q.dtype).min)
+    def hand(q, k, v):  # the scale on the queries, the mask as a bias
+        scores = (q * 8 ** -0.5) @ k.transpose(2, 3) + torch.zeros((), dtype=q.dtype).masked_fill(
+            ~pad, torch.finfo(q.dtype).min)
         return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).contiguous()
 
     q, k, v = inputs(torch.bfloat16, True)  # training in bf16: the fused kernel's backward is the slow one
     out, _ = attention(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)
     assert torch.equal(out, hand(q, k, v))
     assert all(g is not None for g in torch.autograd.grad(out.float().sum(), (q, k, v)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training: still within bf16 rounding of fp32's
+        assert torch.equal(attention(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)[0], out)
+    exact = sdpa_attention_forward(layer, *(t.detach().float() for t in (q, k, v)), pad, dropout=0.0,
+                                   scaling=8 ** -0.5)[0]
+    assert torch.allclose(out.float(), exact, atol=2e-2, rtol=2e-2)
     for dtype, grad in [(torch.float32, True), (torch.bfloat16, False)]:
         q, k, v = inputs(dtype, grad)
         out, _ = attention(layer, q, k, v, pad, dropout=0.0, scaling=8 ** -0.5)
