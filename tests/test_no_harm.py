@@ -483,6 +483,27 @@ def _tty(monkeypatch, is_tty: bool) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: is_tty, raising=False)
 
 
+@pytest.mark.parametrize("command", ["evaluate", "answer --input"])
+def test_row13_commands_over_many_questions_draw_no_bar_into_a_log(tmp_path, tiny_model_dir, capsys, monkeypatch,
+                                                                   command):
+    """evaluate, calibrate, train, answer --input and ask --input drew their bars into a redirected stderr (a log
+    file filled with carriage returns), unlike answer, explain and teach: a bar only on a terminal, for all."""
+    data = small_jsonl(tmp_path / "q.jsonl")
+    argv = {"evaluate": ["evaluate", "--data", data],
+            "answer --input": ["answer", "--input", data, "--output", tmp_path / "a.jsonl"]}[command]
+    argv = [str(a) for a in [*argv, "--model", tiny_model_dir]]
+    monkeypatch.setattr("spanqa.reader.PROGRESS_DELAY_S", 0)
+    capsys.readouterr()
+    _tty(monkeypatch, False)
+    assert main(argv) == 0
+    assert "\r" not in capsys.readouterr().err
+    (tmp_path / "a.jsonl").unlink(missing_ok=True)
+    (tmp_path / "a.jsonl.spanqa").unlink(missing_ok=True)
+    _tty(monkeypatch, True)
+    assert main(argv) == 0
+    assert "\r" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["answer", "explain"])
 def test_row13_one_long_question_shows_windows_done_of_total_on_a_tty(tmp_path, tiny_model_dir, tiny_reader,
                                                                       capsys, monkeypatch, command):

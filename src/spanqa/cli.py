@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from spanqa.config import (
@@ -150,7 +151,7 @@ def cmd_answer_file(args: argparse.Namespace, cfg: AnswerConfig) -> int:
     plan = batch_answer.plan(args.input, args.output, cfg.skip_invalid, build(ContextLimits, args).max_context_bytes)
     limit_heap_growth()  # batches of varying shapes, for hours: keep the heap from growing (as the server does)
     stats = batch_answer.run(_reader(args), plan, top_k=cfg.top_k, chunk=cfg.chunk, batch_size=cfg.batch_size,
-                             progress=cfg.progress)
+                             progress=_progress(cfg.progress))
     if args.json:
         print(json.dumps(stats.to_dict()))
     else:
@@ -196,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.ray is None:
         metrics = evaluate(_reader(args), data, out_dir=args.out, limit=cfg.limit, batch_size=cfg.batch_size,
-                           progress=cfg.progress)
+                           progress=_progress(cfg.progress))
     else:
         metrics = _evaluate_on_ray(args, data, cfg)
     if args.json:
@@ -249,7 +250,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                               "first")
         data = load_dataset(args.data, skip_invalid=cfg.skip_invalid)
         reader = _reader(args)
-        cal, thresh, report = calibrate(reader, data, batch_size=cfg.batch_size, progress=cfg.progress)
+        cal, thresh, report = calibrate(reader, data, batch_size=cfg.batch_size, progress=_progress(cfg.progress))
         shutil.copytree(src, out, ignore=shutil.ignore_patterns("checkpoint*", "train_log.jsonl"), dirs_exist_ok=True)
         config = replace(reader.config, calibration=cal.to_dict()).with_decode(allow_no_answer=True,
                                                                                 null_threshold=thresh)
@@ -267,7 +268,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spanqa.distributed import rank_from_env
     from spanqa.training import train
 
-    summary = train(build(TrainConfig, args, skip=TRAIN_SKIP))
+    cfg = build(TrainConfig, args, skip=TRAIN_SKIP)
+    summary = train(replace(cfg, progress=_progress(cfg.progress)))  # its log file says how far it is
     if rank_from_env() == 0:  # under torchrun, one summary
         print(json.dumps(summary, indent=2))
     return 0
@@ -402,7 +404,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
             _print_ask(result, cfg.top_k)
         return 0
     stats = index.ask_file(args.input, args.output, passages=cfg.passages, top_k=cfg.top_k, chunk=cfg.chunk,
-                           batch_size=cfg.batch_size, skip_invalid=cfg.skip_invalid, progress=cfg.progress)
+                           batch_size=cfg.batch_size, skip_invalid=cfg.skip_invalid,
+                           progress=_progress(cfg.progress))
     if args.json:
         print(json.dumps(stats.to_dict()))
     else:
