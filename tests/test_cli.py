@@ -169,3 +169,14 @@ def test_evaluate_names_every_file_it_wrote(tiny_model_dir, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     written = sorted(p.name for p in ev.iterdir())
     assert "null_odds.json" in written and last == f"wrote {', '.join(sorted(written, key=last.find))} to {ev}"
+
+
+def test_a_flag_is_never_taken_as_an_abbreviation_of_another(capsys):
+    """argparse took `evaluate --threads 1` as --threads-per-actor (a Ray setting, ignored without --ray), so the run
+    went on without the thread count asked for; a flag the command does not have is now one line."""
+    for argv in (["evaluate", "--data", "d.json", "--threads", "1"], ["answer", "--quest", "q", "--context", "c"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"unrecognized arguments: {argv[-2]}" in err or f"unrecognized arguments: {argv[1]}" in err, err

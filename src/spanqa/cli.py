@@ -514,10 +514,13 @@ def add_collection_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.")
+    p = argparse.ArgumentParser(prog="spanqa", description="Extractive question answering with a span reader.",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     add_commands(sub)
     add_collection_commands(sub)
+    for command in sub.choices.values():  # `evaluate --threads 1` was taken as --threads-per-actor, and ignored
+        command.allow_abbrev = False
     return p
 
 
