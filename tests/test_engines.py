@@ -360,5 +360,7 @@ def test_cpu_has_fast_bf16_reads_the_flags(monkeypatch, tmp_path):
         (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(builtins, "open",
                             lambda p, *a, **k: real_open(tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else p, *a, **k))
+        perf.cpu_flags.cache_clear()  # read once per process
         assert engines.cpu_has_fast_bf16() is want
         monkeypatch.setattr(builtins, "open", real_open)
+    perf.cpu_flags.cache_clear()

@@ -157,12 +157,16 @@ def test_resume_on_other_training_data_is_a_clear_error(setup, capsys):
     assert main([*flags[:at], str(renamed), *flags[at + 1 :], "--out", str(out), "--resume", "--max-steps", "4"]) == 0
 
 
-def test_resume_in_another_precision_warns_in_one_line_and_goes_on(setup):
+def test_resume_in_another_precision_warns_in_one_line_and_goes_on(setup, monkeypatch):
     """--resume with another --precision went on without a word, though its steps can no longer repeat the
     uninterrupted run's. It is still allowed (a run moved to another machine may have to), with a warning; what is
-    compared is the precision that runs (auto is fp32 on a CPU), and a checkpoint without it is compared by flag."""
+    compared is the precision that runs (auto is fp32 on a CPU without AMX, as here), and a checkpoint without it is
+    compared by flag."""
     import warnings
 
+    import spanqa.training
+
+    monkeypatch.setattr(spanqa.training, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     d, flags = setup
     out = d / "precision"
     assert main([*flags, "--out", str(out), "--max-steps", "2", "--precision", "fp32"]) == 0

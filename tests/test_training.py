@@ -78,6 +78,22 @@ def test_short_real_training_run_lowers_the_loss(base_dir, tmp_path):
 CPU = torch.device("cpu")
 
 
+@pytest.mark.parametrize("precision, device, flags, bf16", [
+    ("auto", "cpu", {"avx2", "avx512f", "amx_tile", "amx_bf16"}, True),  # AMX: bf16 trains 1.6-2.1x as fast
+    ("auto", "cpu", {"avx2", "avx512f", "avx512_bf16"}, False),  # no AMX: not shown to be faster, stays fp32
+    ("auto", "cpu", {"avx2"}, False),
+    ("auto", "cuda", set(), True),
+    ("fp32", "cpu", {"amx_bf16"}, False),
+    ("fp32", "cuda", set(), False),
+    ("bf16", "cpu", {"avx2"}, True),
+])
+def test_auto_precision_is_bf16_on_a_gpu_and_on_a_cpu_with_amx(monkeypatch, precision, device, flags, bf16):
+    import spanqa.training
+
+    monkeypatch.setattr(spanqa.training, "cpu_flags", lambda: frozenset(flags))
+    assert spanqa.training.use_bf16(precision, torch.device(device)) is bf16
+
+
 def test_forward_passes_split_micro_batches_under_the_token_budget():
     """Each pass holds at most max_batch_tokens padded tokens (or one window), every window once, in step order."""
     from types import SimpleNamespace
@@ -128,7 +144,8 @@ def test_the_token_budget_bounds_memory_without_changing_the_step(tmp_path, toke
     base = make_base(tmp_path / "base", tokenizer, dropout=0.0)
     data = write_train_jsonl(tmp_path / "train.jsonl", 20)
     flat = dict(base=str(base), train=str(data), max_steps=4, batch_size=8, grad_accum=2, lr=1e-3, max_seq_len=64,
-                doc_stride=16, max_question_len=16, save_every=0, progress=False, device="cpu", threads=1)
+                doc_stride=16, max_question_len=16, save_every=0, progress=False, device="cpu", threads=1,
+                precision="fp32")  # equal up to fp32's summation order (auto is bf16 on a CPU with AMX)
     whole = train(TrainConfig.from_flat(**flat, out=str(tmp_path / "whole"), max_batch_tokens=100_000))
     split = train(TrainConfig.from_flat(**flat, out=str(tmp_path / "split"), max_batch_tokens=130))
     assert whole["real_tokens"] == split["real_tokens"] and whole["steps"] == split["steps"] == 4

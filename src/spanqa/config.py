@@ -202,8 +202,8 @@ class TrainConfig:
                                                 "base's elsewhere, 0.1 for MiniLM and MPNet)")
     skip_invalid: bool = opt(False, "count and skip invalid records instead of stopping")
     device: str = opt("auto", DEVICES_HELP)
-    precision: str = opt("auto", "matmul precision: bf16 autocast, or fp32 (auto: bf16 on a GPU, fp32 on a CPU)",
-                         choices=("auto", "bf16", "fp32"))
+    precision: str = opt("auto", "matmul precision: bf16 autocast, or fp32 (auto: bf16 on a GPU and on a CPU with "
+                                 "AMX, fp32 on other CPUs)", choices=("auto", "bf16", "fp32"))
     threads: int | None = opt(None, "torch intra-op threads")
     compile: bool = opt(False, "torch.compile the model")
     resume: bool = opt(False, "continue from the checkpoint in --out")

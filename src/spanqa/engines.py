@@ -71,9 +71,9 @@ def resolve_engine(engine: str, device_type: str) -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AMX, or AVX-512 BF16), from its flags (spanqa.perf)."""
-    from spanqa.perf import cpu_model_and_flags
+    from spanqa.perf import cpu_flags
 
-    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_model_and_flags()[1].split()))
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def need_onnx() -> None:

@@ -6,6 +6,7 @@ figures by `matmul_ceiling`, measured in the same run, to report a share of the 
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import time
@@ -79,6 +80,12 @@ def cpu_model_and_flags() -> tuple[str, str]:
         except OSError:
             pass
     return model, flags
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags (`cpu_model_and_flags`), read once per process: the trainer asks at every step."""
+    return frozenset(cpu_model_and_flags()[1].split())
 
 
 def cpu_info() -> dict:
