@@ -234,7 +234,7 @@ def prepare(cfg: TrainConfig) -> tuple[Run, TrainState]:
     recipe = {k: v for k, v in cfg.flat().items() if k not in ("resume", "progress")}
     recipe["train_sha256"] = data_sha  # what --train held, so a resume continues on the very same questions
     recipe["attention_dropout"] = attention_dropout  # what ran (the CPU default is 0), so a re-run anywhere repeats it
-    recipe["matmul_precision"] = matmul  # what ran (auto: bf16 on a GPU only), for the resume's precision check
+    recipe["matmul_precision"] = matmul  # what ran (auto differs by machine), for the resume's precision check
     state = TrainState(**saved)
     state.total_steps, state.world_size, state.config = planned_steps(len(windows), cfg), env.world, recipe
     opt = make_optimizer(reader, cfg)
