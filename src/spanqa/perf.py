@@ -84,7 +84,7 @@ def cpu_model_and_flags() -> tuple[str, str]:
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU's flags (`cpu_model_and_flags`), read once per process: the trainer asks at every step."""
+    """The CPU's flags (`cpu_model_and_flags`), read once per process (lscpu is a subprocess)."""
     return frozenset(cpu_model_and_flags()[1].split())
 
 

@@ -268,13 +268,14 @@ def train_step(run: Run, state: TrainState) -> tuple[float, float]:
     n_tok, loss_sum, kd_sum, n_pad, n_flops = 0, 0.0, 0.0, 0, 0.0
     pad = run.reader.tokenizer.pad_token_id or 0
     passes = forward_passes(run, group)
+    bf16 = run.recipe["matmul_precision"] == "bf16"  # decided once, in prepare: what runs is what the recipe records
     for m, (mine, weight) in enumerate(passes):
         batch = collate([run.windows[i] for i in mine], pad, with_labels=True)
         n_tok += int(batch["attention_mask"].sum()) * int(weight)  # counted in numpy: no wait for the device
         batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
         last = m == len(passes) - 1  # DDP all-reduces the gradients once, after the last forward pass
         with run.net.no_sync() if env.active and not last else nullcontext():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 b, e = run.forward(batch["input_ids"], batch["attention_mask"], batch["span_mask"],
                                    batch["token_type_ids"])
             loss, kd = reader_loss(b, e, batch, cfg.distill.kd_weight, cfg.distill.kd_temperature)
